@@ -1,0 +1,152 @@
+"""The `gsco` command: the main job, the stages, and the dataset registry.
+
+    gsco run --profile tiny                  # the main job on the embedded tiny profile
+    gsco datasets list | show NAME | validate NAME PATH
+    gsco tiny-data DIR
+    gsco ingest --data-root DIR --out DIR
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="GSCo pipeline: generalist-specialist collaboration as Prefect flows with MLflow lineage.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+datasets_app = typer.Typer(help="The dataset registry (data cards).", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+console = Console()
+
+
+def _prefect_env(out_dir: Path) -> None:
+    """Give each outputs folder its own Prefect home unless the user points at a server or home already."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_HOME", str(Path(out_dir).resolve() / ".prefect"))
+
+
+@datasets_app.command("list")
+def datasets_list(role: Optional[str] = typer.Option(None, help="training or benchmark")) -> None:
+    """Every registered dataset with task type, modality, label count and the paper's sizes."""
+    from data_contracts.cards import registry
+
+    t = Table(title="GSCo dataset registry (data_contracts/datasets)")
+    for col in ("name", "roles", "domain", "task", "type", "modality", "labels", "paper train", "paper test",
+                "access", "DGB"):
+        t.add_column(col)
+    for name, c in registry().items():
+        if role and role not in c.roles:
+            continue
+        ps = c.paper_sizes
+        t.add_row(name, ",".join(c.roles), c.domain or "", c.task_kind, c.task_type, c.modality,
+                  str(len(c.labels)) if c.labels else "-", _n(ps.train if ps.train is not None else ps.total),
+                  _n(ps.test), c.access, "yes" if c.dgb_source else "")
+    console.print(t)
+
+
+def _n(v: int | None) -> str:
+    return f"{v:,}" if v is not None else "-"
+
+
+@datasets_app.command("show")
+def datasets_show(name: str) -> None:
+    """One data card in full."""
+    import yaml
+
+    from data_contracts.cards import get_card
+
+    try:
+        card = get_card(name)
+    except KeyError as e:
+        raise typer.BadParameter(str(e.args[0])) from None
+    console.print(yaml.safe_dump(card.model_dump(mode="json", exclude_none=True), sort_keys=False, width=120))
+
+
+@datasets_app.command("validate")
+def datasets_validate(name: str, path: Path, show: int = typer.Option(10, help="problems to list")) -> None:
+    """Check a local copy (a data root holding the card's raw.dir, or that folder itself) against the card."""
+    from data_contracts.cards import get_card
+    from tasks.validate import validate_local_copy
+
+    card = get_card(name)
+    report = validate_local_copy(card, path)
+    for line in report.lines(show):
+        console.print(line)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command("tiny-data")
+def tiny_data(out: Path, seed: int = 0, scale: float = 1.0) -> None:
+    """Write the tiny synthetic benchmark (look-alikes in the real raw formats) under OUT."""
+    from tasks.tiny_data import generate_tiny_benchmark
+
+    written = generate_tiny_benchmark(out, seed=seed, scale=scale)
+    for name, d in written.items():
+        console.print(f"{name:16s} {d}")
+
+
+@app.command("ingest")
+def ingest_cmd(data_root: Path = typer.Option(..., help="folder holding one folder per dataset (card raw.dir)"),
+               out: Path = typer.Option(Path("outputs/local"), help="outputs folder (tables, MLflow store)"),
+               dataset: list[str] = typer.Option(None, help="only these datasets (repeatable)"),
+               policy: str = typer.Option("fail", help="fail | quarantine"),
+               tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default: SQLite in OUT)"),
+               experiment: str = "gsco") -> None:
+    """Load, validate and write canonical tables for every dataset present under DATA_ROOT."""
+    _prefect_env(out)
+    from flows.ingest import ingest
+
+    res = ingest(str(data_root), str(out), datasets=dataset or None, policy=policy, tracking_uri=tracking_uri,
+                 experiment=experiment)
+    _print_ingest(res, out, tracking_uri)
+
+
+@app.command("run")
+def run(profile: str = typer.Option("tiny", help="profile name (infra/profiles) or YAML path"),
+        set_: list[str] = typer.Option(None, "--set", help="override, e.g. --set data.policy=quarantine"),
+        out: Optional[Path] = typer.Option(None, help="outputs folder (default: the profile's outputs.dir)")) -> None:
+    """The main job on a profile: generate (tiny) data, ingest, and every stage built so far."""
+    from infra.profiles import load_profile
+
+    prof = load_profile(profile, set_ or [])
+    out_dir = Path(out or prof["outputs"]["dir"]).resolve()
+    _prefect_env(out_dir)
+    data_root = Path(prof["data"]["root"] or out_dir / "data")
+    if prof["data"].get("synthetic"):
+        from tasks.tiny_data import generate_tiny_benchmark
+
+        generate_tiny_benchmark(data_root, **prof["data"]["synthetic"])
+        console.print(f"tiny benchmark raw files: {data_root}")
+    from flows.ingest import ingest
+
+    tr = prof["tracking"]
+    res = ingest(str(data_root), str(out_dir), datasets=prof["data"]["datasets"], policy=prof["data"]["policy"],
+                 policies=prof["data"].get("policies") or {}, tracking_uri=tr["uri"], experiment=tr["experiment"],
+                 profile=prof["name"], log_table_artifacts=tr["log_table_artifacts"])
+    _print_ingest(res, out_dir, tr["uri"])
+
+
+def _print_ingest(res: dict, out: Path, uri: Optional[str]) -> None:
+    from tasks.tracking import tracking_uri
+
+    t = Table(title="canonical tables")
+    for col in ("dataset", "status", "splits (rows)", "rejects"):
+        t.add_column(col)
+    for r in res["results"]:
+        t.add_row(r["dataset"], r["status"], ", ".join(f"{s} {e['rows']}" for s, e in sorted(r["splits"].items())),
+                  str(r["rejects"]))
+    console.print(t)
+    counts = Counter(r["status"] for r in res["results"])
+    store = tracking_uri(Path(out), uri)
+    console.print(f"tables:     {res['tables_root']}   ({dict(counts)})")
+    console.print(f"MLflow run: {res['run_id']}  store {store}")
+    console.print(f"MLflow UI:  mlflow ui --backend-store-uri {store}  (then open http://127.0.0.1:5000)")
+
+
+if __name__ == "__main__":
+    app()
