@@ -41,7 +41,7 @@ class SplitSpec(_Strict):
     source: Literal["npz_keys", "folder", "column", "file", "random"]
     column: str | None = None                 # source=column: the CSV/JSON field that holds the split
     values: dict[str, str] = Field(default_factory=dict)   # raw split value -> train/val/test
-    files: dict[str, str] = Field(default_factory=dict)    # source=file: split -> file relative to the dataset dir
+    files: dict[str, str] = Field(default_factory=dict)    # source=file: split -> file (or glob) under the dataset dir
     fractions: dict[str, float] = Field(default_factory=dict)  # source=random: split -> fraction (sums to 1)
     seed: int = 0
     val_fraction: float = 0.0                 # carve a val split from train (seeded on sample id) when raw has none
