@@ -1,0 +1,127 @@
+"""The prompts equal SPEC §4 / the paper's Figs. 6, A3, A4 word for word, for every template and ablation arm.
+
+    OMP_NUM_THREADS=1 pytest -q tests/test_prompts.py
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tasks import prompts
+
+LABELS = ["malignant", "normal, benign"]
+RAD = ["malignant", "malignant", "normal, benign"]
+MOED = ["normal, benign", "malignant"]
+
+# The expected strings are written out by hand from SPEC §4 (not built from the module's templates).
+GSCO_SINGLE = {
+    0: ("You are a helpful medical assistant. Your task is disease diagnosis. You are given a breast ultrasound image. "
+        "The possible options are: malignant,normal, benign. "
+        "The diagnoses of the most similar cases are malignant,malignant,normal, benign. "
+        "The reference answers by other models are normal, benign,malignant. "
+        "The response should only contain one option."),
+    1: ("You are a helpful medical assistant. Your task is disease diagnosis. You are required to diagnose the breast "
+        "ultrasound image. The reference diagnoses of the most similar cases are malignant,malignant,normal, benign. "
+        "The reference answers by other models are normal, benign,malignant. "
+        "The possible options are: malignant,normal, benign. The response should only contain one option."),
+    2: ("You are a helpful medical assistant. You are required to classify the breast ultrasound Image. "
+        "The reference diagnoses of the most similar cases are malignant,malignant,normal, benign. "
+        "The reference answers by other models are normal, benign,malignant. "
+        "The available options are: malignant,normal, benign. The response should only contain one option."),
+    3: ("You are a helpful medical assistant. You are required to diagnose the breast ultrasound image. "
+        "The reference diagnoses of the most similar cases are malignant,malignant,normal, benign. "
+        "The reference answers by other models are normal, benign,malignant. "
+        "The possible options are: malignant,normal, benign. The response should only contain one option."),
+}
+
+
+def test_dgb_synthesis_prompt_is_fig6():
+    assert prompts.dgb_prompt("chest X-ray", "pneumonia") == (
+        "You are a helpful medical assistant. Your task is medical report generation. You are given a chest X-ray "
+        "image, and the diagnosis is pneumonia. You need to provide a medical report consisting of findings and "
+        "impressions.")
+
+
+def test_training_templates_are_fig_a3():
+    assert prompts.vqa_prompt("Is there a fracture?") == (
+        "You are a helpful medical assistant. You are required to answer the question based on the medical image. "
+        "The question is Is there a fracture?.")
+    assert prompts.mrg_prompt() == (
+        "You are a helpful medical assistant. Your task is report generation. You are given a chest x-ray image, and "
+        "you are required to generate a summary report about the image.")
+    assert prompts.cls_prompt("dermoscopy", ["melanoma", "nevus"]) == (
+        "You are a helpful medical assistant. Your task is disease diagnosis. You are given a dermoscopy image. "
+        "The possible diagnoses are: melanoma,nevus.")
+    assert prompts.dgb_training_prompt("fundus") == (
+        "You are a helpful medical assistant. Your task is report generation. You are given a fundus image. You need "
+        "to provide a medical report consisting of findings and impressions. Findings list the observations and "
+        "impressions outlines the final diagnosis.")
+    assert prompts.des_prompt("CT") == (
+        "You are a helpful medical assistant. Your task is report generation. You are given a CT image. You are "
+        "required to generate a detailed description and analysis from a medical perspective based on the image.")
+
+
+def test_templates_render_with_format_fields_used_by_table_code():
+    # tasks/corpus.py renders these column-wise from their {field}s: the field names are part of the contract.
+    def fields(t):
+        return set(re.findall(r"\{(\w+)\}", t))
+    assert fields(prompts.CLS_TEMPLATE) == {"modality", "label_set"}
+    assert fields(prompts.VQA_TEMPLATE) == {"question"}
+    assert fields(prompts.MRG_TEMPLATE) == set()
+    assert fields(prompts.DGB_TEMPLATE) == {"modality"}
+    assert fields(prompts.DES_TEMPLATE) == {"modality"}
+
+
+@pytest.mark.parametrize("paraphrase", [0, 1, 2, 3])
+def test_gsco_prompt_paraphrases_are_fig_a4(paraphrase):
+    got = prompts.diagnosis_prompt("breast ultrasound", LABELS, multilabel=False, rad=RAD, moed=MOED,
+                                   paraphrase=paraphrase)
+    assert got == GSCO_SINGLE[paraphrase]
+
+
+def test_ablation_arms_drop_the_missing_sentence():
+    head = ("You are a helpful medical assistant. Your task is disease diagnosis. You are given a chest X-ray image. "
+            "The possible options are: effusion,No finding.")
+    rad = " The diagnoses of the most similar cases are effusion,effusion."
+    moed = " The reference answers by other models are No finding."
+    tail = (" The response should only contain one or more options. Only if no other options are available, "
+            "you can choose 'No finding'.")
+    kw = {"modality": "chest X-ray", "label_set": ["effusion", "No finding"], "multilabel": True}
+    assert prompts.diagnosis_prompt(**kw, rad=None, moed=None) == head + tail                 # MedDr
+    assert prompts.diagnosis_prompt(**kw, rad=None, moed=["No finding"]) == head + moed + tail  # MedDr + MoED
+    assert prompts.diagnosis_prompt(**kw, rad=["effusion"] * 2, moed=None) == head + rad + tail  # MedDr + RAD
+    assert prompts.diagnosis_prompt(**kw, rad=["effusion"] * 2, moed=["No finding"]) == head + rad + moed + tail
+
+
+def test_ablation_arms_keep_paraphrase_order():
+    got = prompts.diagnosis_prompt("CT", ["a", "b"], multilabel=False, rad=None, moed=["b"], paraphrase=2)
+    assert got == ("You are a helpful medical assistant. You are required to classify the CT Image. "
+                   "The reference answers by other models are b. The available options are: a,b. "
+                   "The response should only contain one option.")
+
+
+def test_diagnosis_prompt_rejects_bad_input():
+    with pytest.raises(ValueError, match="paraphrase"):
+        prompts.diagnosis_prompt("CT", ["a"], False, None, None, paraphrase=4)
+    with pytest.raises(ValueError, match="rad"):
+        prompts.diagnosis_prompt("CT", ["a"], False, rad=[], moed=None)
+    with pytest.raises(ValueError, match="modality"):
+        prompts.diagnosis_prompt(" ", ["a"], False, None, None)
+    with pytest.raises(TypeError, match="label_set"):
+        prompts.diagnosis_prompt("CT", "a,b", False, None, None)
+
+
+def test_des_rewrite_prompt_carries_the_case_and_asks_to_drop_identifying_details():
+    case = "Case 12: 54-year-old John Doe, 2011-03-02. Axial CT shows a hypodense liver lesion."
+    got = prompts.des_rewrite_prompt(case)
+    assert case in got
+    assert got.startswith("You are a helpful medical assistant.")
+    for must in ("description of what the image shows", "name", "age", "dates", "clinical history"):
+        assert must in got
+
+
+def test_chat_prompt_puts_the_image_first():
+    assert prompts.chat_prompt("Describe the image.", "<image>") == "<image>\nDescribe the image."
+    with pytest.raises(ValueError, match="image_token"):
+        prompts.chat_prompt("Describe the image.", "")
