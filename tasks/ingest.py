@@ -28,9 +28,13 @@ from tasks.loaders import Reject, common, image_folder, medmnist, tables, vqa
 
 Policy = Literal["fail", "quarantine"]
 CHUNK_ROWS = 1000
-_FORMAT_MODULES = {"medmnist_npz": [medmnist], "image_folder": [image_folder], "csv_images": [tables],
-                   "report_table": [tables], "case_studies": [tables], "slake_json": [tables, vqa],
-                   "vqa_rad_json": [tables, vqa], "vqa_med_txt": [tables, vqa]}
+_FORMAT_MODULES = {"medmnist_npz": [medmnist], "image_folder": [image_folder],
+                   "csv_images": [tables, loaders.dicom], "report_table": [tables, loaders.dicom],
+                   "case_studies": [tables, loaders.dicom], "slake_json": [tables, vqa, loaders.dicom],
+                   "vqa_rad_json": [tables, vqa, loaders.dicom], "vqa_med_txt": [tables, vqa, loaders.dicom],
+                   "medfmc_txt": [tables, loaders.medfmc, loaders.dicom],
+                   "hf_parquet": [tables, loaders.hf_parquet, loaders.dicom],
+                   "omnimedvqa_json": [tables, vqa, loaders.dicom]}
 
 
 @dataclass

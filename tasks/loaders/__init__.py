@@ -12,7 +12,8 @@ from pathlib import Path
 
 from data_contracts.cards import DataCard
 from data_contracts.errors import DataError
-from tasks.loaders import image_folder, medmnist, tables, vqa
+# dicom is imported for tasks.ingest, which keys its cache on the source of every module a format's loader runs
+from tasks.loaders import dicom, hf_parquet, image_folder, medfmc, medmnist, tables, vqa  # noqa: F401
 from tasks.loaders.common import LoadContext, Reject, RowError
 
 LOADERS: dict[str, Callable[[LoadContext], Iterator[dict | Reject]]] = {
@@ -24,6 +25,9 @@ LOADERS: dict[str, Callable[[LoadContext], Iterator[dict | Reject]]] = {
     "slake_json": vqa.load_json,
     "vqa_rad_json": vqa.load_json,
     "vqa_med_txt": vqa.load_pipe_text,
+    "medfmc_txt": medfmc.load,
+    "hf_parquet": hf_parquet.load,
+    "omnimedvqa_json": vqa.load_omnimedvqa,
 }
 
 __all__ = ["LOADERS", "LoadContext", "Reject", "RowError", "dataset_dir", "iter_dataset", "is_present"]

@@ -14,6 +14,8 @@ from data_contracts.errors import DataError
 from data_contracts.samples import IMAGE_FORMATS, image_info
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+SPLITS = ("train", "val", "test")
+_GLOB_CHARS = set("*?[")
 
 
 class RowError(DataError):
@@ -70,6 +72,20 @@ def encode_file(path: Path, where: str, row=None, field=None) -> tuple[bytes, st
     return data, fmt, w, h
 
 
+def encode_bytes(data: bytes, where: str, row=None, field=None) -> tuple[bytes, str, int, int]:
+    """Encoded image bytes from a table cell (PNG/JPEG kept as they are, other formats re-encoded as PNG)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format
+            im.load()
+            if fmt not in IMAGE_FORMATS:
+                return encode_array(np.asarray(im.convert("RGB" if im.mode not in ("L", "I;16") else "L")))
+        fmt, w, h = image_info(data)
+    except Exception as e:
+        raise RowError(where, f"image bytes that decode ({type(e).__name__}: {e})", row=row, field=field) from None
+    return data, fmt, w, h
+
+
 def encode_array(arr: np.ndarray) -> tuple[bytes, str, int, int]:
     """PNG bytes of a uint8 (H,W) or (H,W,3) array, deterministic for equal arrays."""
     arr = np.ascontiguousarray(arr)
@@ -116,17 +132,45 @@ def map_label(ctx: LoadContext, raw: str, where: str, row=None, field=None) -> s
 
 def make_row(ctx: LoadContext, *, sample_id: str, split: str, image: tuple[bytes, str, int, int], source_path: str,
              labels: list[str] | None = None, question: str | None = None, answer: str | None = None,
-             answer_type: str | None = None, text: str | None = None, task_type: str | None = None) -> dict:
-    """One samples row with the card's dataset-level fields filled in."""
+             answer_type: str | None = None, text: str | None = None, task_type: str | None = None,
+             label_set: list[str] | None = None) -> dict:
+    """One samples row with the card's dataset-level fields filled in (label_set: the row's own options, if any)."""
     card = ctx.card
     data, fmt, w, h = image
     return {
         "sample_id": f"{card.name}:{sample_id}", "dataset": card.name, "split": split,
         "task_kind": card.task_kind, "task_type": task_type or card.task_type, "modality": card.modality,
         "image": data, "image_format": fmt, "image_width": w, "image_height": h,
-        "labels": labels or [], "label_set": list(card.labels), "question": question, "answer": answer,
+        "labels": labels or [], "label_set": list(card.labels if label_set is None else label_set),
+        "question": question, "answer": answer,
         "answer_type": answer_type, "text": text, "source_path": source_path,
     }
+
+
+def split_sources(ctx: LoadContext) -> list[tuple[str, str]]:
+    """(split, file relative to the dataset dir) for each split.files entry; glob patterns expand to their matches.
+
+    A plain name is returned as written, so the loader's own "missing file" error names it; a pattern with no match
+    is a DataError naming the pattern.
+    """
+    out = []
+    base = ctx.dataset_dir
+    for split, pattern in ctx.card.raw.split.files.items():
+        if not _GLOB_CHARS & set(pattern):
+            out.append((split, pattern))
+            continue
+        where = ctx.rel(base) + f"/{pattern}"
+        if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+            raise DataError(where, "a glob pattern relative to the dataset folder", field="split.files")
+        matches = sorted(p for p in base.glob(pattern) if p.is_file())
+        if not matches:
+            raise DataError(where, f"at least one file matching the split.files pattern of split {split!r}",
+                            field="split.files")
+        for m in matches:
+            rel = m.relative_to(base).as_posix()
+            safe_path(ctx, base, rel, where, field="split.files")   # a symlinked match may still lead outside
+            out.append((split, rel))
+    return out
 
 
 def require_columns(path: Path, available, needed) -> None:

@@ -1,50 +1,23 @@
-"""VQA formats: SLAKE JSON (one file per split), VQA-RAD JSON (one file, split field), VQA-Med pipe text."""
+"""VQA formats: SLAKE JSON (one file per split), VQA-RAD JSON (one file, split field), VQA-Med pipe text, OmniMedVQA.
+
+    OMP_NUM_THREADS=1 pytest -q tests/test_loaders_formats.py -k omnimedvqa
+"""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 from data_contracts.errors import DataError
-from tasks.loaders.common import LoadContext, Reject, RowError, encode_file, make_row, nonempty, require_columns, \
-    safe_path
-from tasks.loaders.tables import _filtered, _image, _split_of, read_table
+from tasks.loaders.common import LoadContext, Reject, RowError, require_columns, safe_path, split_sources
+from tasks.loaders.tables import YES_NO, _answer_type, _filtered, _split_of, _vqa_row, read_table
 
-YES_NO = {"yes", "no"}
-
-
-def _answer_type(raw_type, answer: str) -> str:
-    """'closed' or 'open': from the dataset's answer type when given, else closed iff the answer is yes/no."""
-    if nonempty(raw_type):
-        t = str(raw_type).strip().lower()
-        if t in ("closed", "open"):
-            return t
-    return "closed" if answer.strip().lower() in YES_NO else "open"
-
-
-def _vqa_row(ctx: LoadContext, rec: dict, i: int, rel: str, split: str) -> dict:
-    raw, card = ctx.card.raw, ctx.card
-    q, a = rec.get(raw.question_column), rec.get(raw.answer_column)
-    if not nonempty(q):
-        raise RowError(rel, "a non-empty question", row=i, field=raw.question_column)
-    if not nonempty(a):
-        raise RowError(rel, "a non-empty answer", row=i, field=raw.answer_column)
-    a = str(a).strip()
-    if card.task_type == "multiple-choice":
-        atype, ttype = "multiple-choice", "multiple-choice"
-    else:
-        atype = _answer_type(rec.get(raw.answer_type_column) if raw.answer_type_column else None, a)
-        ttype = atype
-    image, _ = _image(ctx, rec, rel, i)
-    sid = f"{split}:{rec.get(raw.id_column, i)}"
-    return make_row(ctx, sample_id=sid, split=split, image=image, source_path=f"{rel}#row={i}",
-                    question=str(q).strip(), answer=a, answer_type=atype, task_type=ttype)
+__all__ = ["YES_NO", "_answer_type", "_vqa_row", "load_json", "load_omnimedvqa", "load_pipe_text"]
 
 
 def load_json(ctx: LoadContext) -> Iterator[dict | Reject]:
     """SLAKE (split.source=file) and VQA-RAD (split.source=column/random) question-answer records."""
     raw = ctx.card.raw
     if raw.split.source == "file":
-        sources = [(split, f) for split, f in raw.split.files.items()]
+        sources = split_sources(ctx)
     else:
         sources = [(None, raw.table)]
     for split, f in sources:
@@ -60,13 +33,41 @@ def load_json(ctx: LoadContext) -> Iterator[dict | Reject]:
                 yield Reject(rel, str(i), e.field, str(e))
 
 
+def load_omnimedvqa(ctx: LoadContext) -> Iterator[dict | Reject]:
+    """OmniMedVQA multiple-choice questions from every QA_information JSON list the split.files patterns match.
+
+    The options (raw.option_columns, empty ones dropped) become the row's label_set in letter order and the answer
+    is the text of the correct option; a question's records may lack the keys of options it does not have.
+    """
+    raw = ctx.card.raw
+    if raw.split.source != "file":
+        raise DataError(ctx.rel(ctx.dataset_dir), f"split.source=file for OmniMedVQA, got {raw.split.source}",
+                        field="split.source")
+    for split, f in split_sources(ctx):
+        path, rows = read_table(ctx, f)
+        rel = ctx.rel(path)
+        # records differ in which option keys they carry, so the columns present are those of any record
+        keys = {k for r in rows if isinstance(r, dict) for k in r}
+        require_columns(path, keys, [raw.id_column, raw.question_column, raw.answer_column, raw.image_column,
+                                     *raw.filters])
+        for i, rec in enumerate(rows):
+            try:
+                if not isinstance(rec, dict):
+                    raise RowError(rel, f"a JSON object, got {type(rec).__name__}", row=i)
+                if not all(str(rec.get(k)) == v for k, v in raw.filters.items()):
+                    continue
+                yield _vqa_row(ctx, rec, i, rel, split)
+            except RowError as e:
+                yield Reject(rel, str(i), e.field, str(e))
+
+
 def load_pipe_text(ctx: LoadContext) -> Iterator[dict | Reject]:
     """VQA-Med: `|`-separated lines with the card's field names; '#' separates accepted alternative answers."""
     raw = ctx.card.raw
     if raw.split.source != "file":
         raise DataError(ctx.rel(ctx.dataset_dir), "split.source=file for VQA-Med text files")
     fields = raw.fields or ["image_id", "question", "answer"]
-    for split, f in raw.split.files.items():
+    for split, f in split_sources(ctx):
         path = safe_path(ctx, ctx.dataset_dir, f, ctx.rel(ctx.dataset_dir), field="split.files")
         if not path.is_file():
             raise DataError(ctx.rel(ctx.dataset_dir) + f"/{f}", "a VQA-Med text file")
