@@ -20,7 +20,7 @@ app = typer.Typer(help="GSCo pipeline: generalist-specialist collaboration as Pr
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 datasets_app = typer.Typer(help="The dataset registry (data cards).", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
-console = Console()
+console = Console(width=None if __import__("sys").stdout.isatty() else 200)
 
 
 def _prefect_env(out_dir: Path) -> None:
