@@ -1,0 +1,243 @@
+"""MedDr fine-tuning on the tiny profile: answer-only labels, the masked-answer check, LoRA on the LM only, a killed
+DeepSpeed ZeRO-3 run resumed from its checkpoint, the loss going down, adapter and merged model.
+
+    OMP_NUM_THREADS=1 pytest -q tests/test_finetune.py
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from data_contracts.errors import ContractError
+from data_contracts.instructions import INSTRUCTIONS_SCHEMA, validate_instructions
+from tasks import finetune as ft
+from tasks.generalist import GenerationSettings, TransformersGeneralist, build_tiny_internvl
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = ["normal", "pneumonia", "effusion", "nodule"]
+COLORS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]
+INSTRUCTION = ("You are a helpful medical assistant. Your task is disease diagnosis. You are given a chest x-ray "
+               "image. The possible diagnoses are: normal, pneumonia, effusion, nodule.")
+
+
+def _png(color) -> bytes:
+    b = io.BytesIO()
+    Image.new("RGB", (24, 24), color).save(b, "PNG")
+    return b.getvalue()
+
+
+def _rows(n_train=24, n_val=8) -> list[dict]:
+    """Each image's colour determines its diagnosis, so the answer is learnable from the image alone."""
+    rows = []
+    for i in range(n_train + n_val):
+        k = i % len(LABELS)
+        rows.append({"sample_id": f"tinycxr:{i:03d}", "image": _png(COLORS[k]), "instruction": INSTRUCTION,
+                     "answer": LABELS[k], "source_dataset": "tinycxr", "task_kind": "diagnosis",
+                     "split": "train" if i < n_train else "val"})
+    return rows
+
+
+def _write_shards(rows: list[dict], folder: Path, per_shard: int = 16) -> Path:
+    (folder / "shards").mkdir(parents=True, exist_ok=True)
+    for s in range(0, len(rows), per_shard):
+        pq.write_table(pa.Table.from_pylist(rows[s:s + per_shard], schema=INSTRUCTIONS_SCHEMA),
+                       folder / "shards" / f"part-{s // per_shard:05d}.parquet", row_group_size=8)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    model = build_tiny_internvl(root / "tiny-internvl", [INSTRUCTION, *LABELS], {"seed": 0})
+    data = _write_shards(_rows(), root / "corpus")
+    return {"root": root, "model": model, "data": data}
+
+
+def _config(tiny, out: Path, **kw) -> ft.FinetuneConfig:
+    d = dict(model_path=str(tiny["model"]), data_dir=str(tiny["data"]), output_dir=str(out),
+             deepspeed_config=str(REPO / "infra" / "deepspeed" / "zero3_cpu.json"), lora_r=8, lora_alpha=16,
+             lora_dropout=0.0, max_steps=24, per_device_batch_size=4, gradient_accumulation_steps=1,
+             learning_rate=5e-3, weight_decay=0.0, warmup_ratio=0.1, max_length=128, bf16=False,
+             gradient_checkpointing=True, save_steps=4, seed=0)
+    d.update(kw)
+    return ft.FinetuneConfig(**d)
+
+
+def test_config_and_deepspeed_config_resolution(tiny, tmp_path):
+    cfg = _config(tiny, tmp_path / "out")
+    assert ft.FinetuneConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="unknown key.*lora_rank"):
+        ft.FinetuneConfig.from_dict({**cfg.to_dict(), "lora_rank": 4})
+    with pytest.raises(ValueError, match="missing required key.*data_dir"):
+        ft.FinetuneConfig.from_dict({"model_path": "m", "output_dir": "o"})
+    full = ft.FinetuneConfig(model_path="m", data_dir="d", output_dir="o")  # SPEC §5 recipe as defaults
+    assert (full.lora_r, full.lora_alpha, full.lora_dropout, full.learning_rate, full.weight_decay,
+            full.warmup_ratio, full.max_length, full.num_epochs, full.bf16, full.gradient_checkpointing) == \
+        (16, 32, 0.05, 1e-5, 0.05, 0.03, 2048, 2.0, True, True)
+    ds = ft.resolve_deepspeed_config(full.deepspeed_config, full, world_size=16)
+    assert ds["train_batch_size"] == 128 and ds["train_micro_batch_size_per_gpu"] == 4
+    assert ds["bf16"]["enabled"] is True and ds["optimizer"]["params"]["lr"] == 1e-5
+    z = ds["zero_optimization"]
+    assert z["stage"] == 3 and z["overlap_comm"] and z["contiguous_gradients"]
+    assert z["stage3_gather_16bit_weights_on_model_save"] and z["stage3_param_persistence_threshold"] == 1e5
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"train_micro_batch_size_per_gpu": 8, "zero_optimization": {"stage": 3}}))
+    with pytest.raises(ValueError, match="contradicts the run config"):
+        ft.resolve_deepspeed_config(bad, full, world_size=1)
+    # a changed recipe cannot resume another recipe's checkpoints; a moved output dir can
+    assert cfg.training_digest() == _config(tiny, tmp_path / "elsewhere", save_steps=9).training_digest()
+    assert cfg.training_digest() != _config(tiny, tmp_path / "out", learning_rate=1e-4).training_digest()
+
+
+def test_lora_goes_on_the_language_model_only(tiny, tmp_path):
+    model, processor, trainable, total = ft.load_training_model(_config(tiny, tmp_path / "o"))
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all("language_model" in n and "lora_" in n for n in names)
+    targeted = {n.split(".lora_")[0].rsplit(".", 1)[1] for n in names}
+    assert targeted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    # the vision tower has q/k/v projections too: they must stay frozen
+    vision_qkv = [n for n, _ in model.named_modules() if "vision_tower" in n and n.endswith("q_proj")]
+    assert vision_qkv and not any("vision_tower" in n or "multi_modal_projector" in n for n in names)
+    assert 0 < trainable < total
+
+
+def test_labels_cover_the_answer_only_and_match_generation_tokens(tiny):
+    gen = TransformersGeneralist(str(tiny["model"]))
+    enc = ft.SampleEncoder(gen.processor, max_length=128)
+    row = _rows()[1]
+    (ids, labels), = enc.encode_many([row])
+    n_prompt = next(i for i, x in enumerate(labels) if x != ft.IGNORE_INDEX)
+    # the prompt part is exactly what the generalist feeds the model at inference
+    gen_ids = gen.processor_inputs([row["image"]], [row["instruction"]])["input_ids"][0].tolist()
+    assert ids[:n_prompt] == gen_ids
+    tok = gen.processor.tokenizer
+    assert tok.decode(ids[n_prompt:]) == "pneumonia<|im_end|>\n"
+    assert labels[n_prompt:] == ids[n_prompt:] and set(labels[:n_prompt]) == {ft.IGNORE_INDEX}
+    batch = ft.collate([(ids, labels), (ids[:-3], labels[:-3])], torch.zeros(2, 3, 24, 24), pad_id=tok.pad_token_id)
+    assert batch["attention_mask"][1].sum() == len(ids) - 3
+    assert (batch["labels"][1, len(ids) - 3:] == ft.IGNORE_INDEX).all()
+
+
+def test_masked_answer_fails_naming_the_sample(tiny, tmp_path):
+    gen = TransformersGeneralist(str(tiny["model"]))
+    rows = _rows(8, 0)
+    (ids, _), = ft.SampleEncoder(gen.processor, 128).encode_many([rows[0]])
+    n_answer = len(ft.SampleEncoder(gen.processor, 128).tokenizer("normal<|im_end|>\n")["input_ids"])
+    n_prompt = len(ids) - n_answer
+    # max_length exactly the prompt: the answer is truncated away entirely -> the run must not train on zero loss
+    enc = ft.SampleEncoder(gen.processor, max_length=n_prompt)
+    with pytest.raises(ft.AnswerMaskedError, match="sample tinycxr:000: answer is masked away") as e:
+        enc.encode_many([rows[0]])
+    assert e.value.sample_id == "tinycxr:000"
+    # one token of room keeps one supervised token: not an error
+    (_, labels), = ft.SampleEncoder(gen.processor, n_prompt + 1).encode_many([rows[0]])
+    assert sum(x != ft.IGNORE_INDEX for x in labels) == 1
+    # a planted long instruction in a Parquet corpus is found by the pre-training check, by sample id
+    rows[5] = {**rows[5], "instruction": INSTRUCTION + " Consider also: " + "nodule, " * 40}
+    data = ft.InstructionData(_write_shards(rows, tmp_path / "corpus"))
+    with pytest.raises(ft.AnswerMaskedError, match="tinycxr:005"):
+        ft.SampleEncoder(gen.processor, max_length=n_prompt + 20).check_all(data, data.indices("train"))
+
+
+def test_run_fails_before_training_on_a_masked_answer(tiny, tmp_path, monkeypatch):
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "DS_ACCELERATOR": "cpu"}.items():
+        monkeypatch.setenv(k, v)
+    rows = _rows(8, 0)
+    rows[6] = {**rows[6], "instruction": INSTRUCTION + " Consider also: " + "nodule, " * 60}
+    cfg = _config(tiny, tmp_path / "out", data_dir=str(_write_shards(rows, tmp_path / "corpus")), max_length=100)
+    with pytest.raises(ft.AnswerMaskedError, match="sample tinycxr:006: answer is masked away"):
+        ft.train(cfg)
+    assert not (tmp_path / "out" / "loss.jsonl").exists()  # nothing trained, nothing written
+
+
+def test_corpus_contract_rejects_bad_rows(tmp_path):
+    rows = _rows(4, 0)
+    rows[2] = {**rows[2], "answer": "  "}
+    rows[3] = {**rows[3], "split": "test"}
+    with pytest.raises(ContractError) as e:
+        ft.InstructionData(_write_shards(rows, tmp_path / "c1"))
+    assert "tinycxr:002" in str(e.value) and "'answer'" in str(e.value) and "tinycxr:003" in str(e.value)
+    with pytest.raises(ContractError, match="field 'image': expected PNG or JPEG"):
+        validate_instructions(pl.DataFrame([{**_rows(1, 0)[0], "image": b"GIF89a"}]), "mem")
+    with pytest.raises(FileNotFoundError, match="no instruction Parquet shards"):
+        ft.InstructionData(tmp_path / "empty")
+
+
+def _launch(cfg: ft.FinetuneConfig, path: Path) -> subprocess.CompletedProcess:
+    path.write_text(json.dumps(cfg.to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+           str(REPO / "tasks" / "finetune.py"), "--config", str(path)]
+    # cwd is not the repo: the script must find its own imports and config paths
+    return subprocess.run(cmd, cwd=path.parent, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _curve(out: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (out / "loss.jsonl").read_text().splitlines() if ln]
+
+
+def test_killed_run_resumes_lowers_loss_and_merges(tiny, tmp_path):
+    out = tmp_path / "run"
+    killed = _launch(_config(tiny, out, stop_after_steps=7), tmp_path / "run1.json")
+    assert killed.returncode != 0, killed.stdout[-2000:] + killed.stderr[-3000:]
+    assert ft.read_marker(out)["step"] == 4  # save_steps=4: steps 5..7 were lost with the process
+    lost = _curve(out)
+    assert [r["step"] for r in lost] == list(range(1, 8))
+    assert not (out / "adapter").exists() and not (out / ft.RESULT).exists()
+
+    done = _launch(_config(tiny, out), tmp_path / "run2.json")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads((out / ft.RESULT).read_text())
+    assert result["start_step"] == 4 and result["resumed_from_step"] == 4 and result["total_steps"] == 24
+    curve = _curve(out)
+    assert [r["step"] for r in curve] == list(range(1, 25))
+    # the resumed run saw exactly the batches the killed one saw: the retrained steps reproduce its losses
+    for a, b in zip(lost[4:7], curve[4:7]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    losses = [r["loss"] for r in curve]
+    assert sum(losses[-4:]) / 4 < 0.5 * sum(losses[:4]) / 4, losses
+    assert curve[0]["lr"] == 0.0 and max(r["lr"] for r in curve) == pytest.approx(5e-3)  # warmup, then cosine
+    assert curve[-1]["lr"] < 1e-3
+    assert all(r["tokens"] > r["answer_tokens"] > 0 for r in curve)
+
+    stats = ft.check_adapter(out / "adapter")
+    assert stats["lora_B_norm"] > 0 and stats["params"] == result["trainable_params"]
+    assert result["merged"]["merged_max_abs_delta"] > 0
+    payload = ft.mlflow_payload(out)
+    assert payload["metrics"]["final_loss"] == losses[-1]
+    assert {"adapter", "merged", "loss_curve"} <= set(payload["artifacts"])
+    assert len([h for h in payload["metric_history"] if h["key"] == "loss"]) == 24
+
+    # the merged model reloads through the generalist loader, generates, and equals base + adapter
+    from peft import PeftModel
+    from transformers import InternVLForConditionalGeneration
+
+    merged = TransformersGeneralist(str(out / "merged"), batch_size=4)
+    rows = _rows()
+    val = [r for r in rows if r["split"] == "val"][:4]
+    answers = merged.generate([r["image"] for r in val], [r["instruction"] for r in val],
+                              GenerationSettings(max_new_tokens=4))
+    hits = sum(a == r["answer"] for a, r in zip(answers, val))
+    assert hits >= 3, (answers, [r["answer"] for r in val])  # val images: colours seen in training
+    inputs = merged.processor_inputs([r["image"] for r in val], [r["instruction"] for r in val])
+    base = InternVLForConditionalGeneration.from_pretrained(str(tiny["model"])).eval()
+    with torch.no_grad():
+        base_logits = base(**inputs).logits
+        peft_logits = PeftModel.from_pretrained(base, str(out / "adapter")).eval()(**inputs).logits
+        merged_logits = merged.model(**inputs).logits
+    assert torch.allclose(merged_logits, peft_logits, atol=1e-4)
+    assert not torch.allclose(merged_logits, base_logits, atol=1e-2)
+    shutil.rmtree(out / "checkpoints")
