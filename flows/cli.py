@@ -26,8 +26,10 @@ console = Console(width=None if __import__("sys").stdout.isatty() else 200)
 def _prefect_env(out_dir: Path) -> None:
     """Give each outputs folder its own Prefect home unless the user points at a server or home already."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if not os.environ.get("PREFECT_API_URL"):
-        os.environ.setdefault("PREFECT_HOME", str(Path(out_dir).resolve() / ".prefect"))
+    if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
+        home = Path(out_dir).resolve() / ".prefect"
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ["PREFECT_HOME"] = str(home)
 
 
 @datasets_app.command("list")
@@ -109,26 +111,58 @@ def ingest_cmd(data_root: Path = typer.Option(..., help="folder holding one fold
 @app.command("run")
 def run(profile: str = typer.Option("tiny", help="profile name (infra/profiles) or YAML path"),
         set_: list[str] = typer.Option(None, "--set", help="override, e.g. --set data.policy=quarantine"),
-        out: Optional[Path] = typer.Option(None, help="outputs folder (default: the profile's outputs.dir)")) -> None:
-    """The main job on a profile: generate (tiny) data, ingest, and every stage built so far."""
+        out: Optional[Path] = typer.Option(None, help="outputs folder (default: the profile's outputs.dir)"),
+        stage: list[str] = typer.Option(None, help="only these stage groups (ingest, generalist, specialists, "
+                                                   "evaluation) and what they read; repeatable")) -> None:
+    """The main job: the `benchmark` flow (every stage, each served from cache when unchanged) on a profile."""
     from infra.profiles import load_profile
 
     prof = load_profile(profile, set_ or [])
     out_dir = Path(out or prof["outputs"]["dir"]).resolve()
     _prefect_env(out_dir)
-    data_root = Path(prof["data"]["root"] or out_dir / "data")
-    if prof["data"].get("synthetic"):
-        from tasks.tiny_data import generate_tiny_benchmark
+    from flows.benchmark import benchmark
 
-        generate_tiny_benchmark(data_root, **prof["data"]["synthetic"])
-        console.print(f"tiny benchmark raw files: {data_root}")
-    from flows.ingest import ingest
+    res = benchmark(profile=profile, overrides=set_ or [], out_dir=str(out_dir), stages=stage or None)
+    t = Table(title="benchmark stages")
+    t.add_column("stage")
+    t.add_column("status")
+    for k, v in res["stages"].items():
+        t.add_row(k, v)
+    console.print(t)
+    if res["failures"]:
+        console.print(f"[red]failed specialist jobs:[/red] {res['failures']}")
+    if res["report"]:
+        console.print(f"report:     {res['report']}")
+        console.print(f"            {res['report_md']}")
+    console.print(f"MLflow run: {res['mlflow_run_id']}  (store {res['tracking_uri']})")
+    console.print(f"lineage:    gsco lineage {res['mlflow_run_id']} --out {out_dir}")
+    console.print(f"MLflow UI:  mlflow ui --backend-store-uri {res['tracking_uri']} --host 127.0.0.1")
+    if res["failures"]:
+        raise typer.Exit(1)
 
-    tr = prof["tracking"]
-    res = ingest(str(data_root), str(out_dir), datasets=prof["data"]["datasets"], policy=prof["data"]["policy"],
-                 policies=prof["data"].get("policies") or {}, tracking_uri=tr["uri"], experiment=tr["experiment"],
-                 profile=prof["name"], log_table_artifacts=tr["log_table_artifacts"])
-    _print_ingest(res, out_dir, tr["uri"])
+
+@app.command("lineage")
+def lineage_cmd(run_id: str, out: Path = typer.Option(Path("outputs/tiny"), help="outputs folder of the run"),
+                tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default: SQLite in OUT)"),
+                as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """The chain from a benchmark run back to datasets, corpus, adapter, specialists and index versions (MLflow)."""
+    import json
+
+    from tasks.lineage import lineage
+    from tasks.tracking import tracking_uri as default_uri
+
+    tree = lineage(tracking_uri or default_uri(out, None), run_id)
+    if as_json:
+        print(json.dumps(tree, indent=2))
+        return
+    for r in [tree["run"], *tree["stages"]]:
+        console.print(f"[bold]{r['name']}[/bold]  run {r['run_id']}  ({r['status']})")
+        for d in r["datasets"]:
+            console.print(f"  {d['context'] or 'input':6s} dataset {d['name']:32s} digest {d['digest']}")
+        for m in r["models_in"]:
+            console.print(f"  input  model   {m['name']:32s} digest {m['digest']}  ({m['model_id']})")
+        for m in r["models_out"]:
+            console.print(f"  output model   {m['name']:32s} digest {m['digest']}  ({m['model_id']})")
 
 
 def _print_ingest(res: dict, out: Path, uri: Optional[str]) -> None:

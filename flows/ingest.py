@@ -38,7 +38,7 @@ def present_datasets(data_root: Path, names: list[str] | None) -> list[str]:
 @flow(name="ingest")
 def ingest(data_root: str, out_dir: str, datasets: list[str] | None = None, policy: str = "fail",
            policies: dict[str, str] | None = None, tracking_uri: str | None = None, experiment: str = "gsco",
-           profile: str | None = None, log_table_artifacts: bool = True) -> dict:
+           profile: str | None = None, log_table_artifacts: bool = True, parent_run_id: str | None = None) -> dict:
     """Ingest every dataset and log one MLflow run; returns {run_id, tables_root, results, failures}."""
     out, root = Path(out_dir).resolve(), Path(data_root).resolve()
     tables_root = out / "tables"
@@ -60,7 +60,8 @@ def ingest(data_root: str, out_dir: str, datasets: list[str] | None = None, poli
             except Exception as e:  # the task's own error message names the file/row/field
                 failures[n] = f"{type(e).__name__}: {e}"
     settings = {"tables_root": str(tables_root), "out_dir": str(out), "tracking_uri": tracking_uri,
-                "experiment": experiment, "profile": profile, "log_table_artifacts": log_table_artifacts}
+                "experiment": experiment, "profile": profile, "log_table_artifacts": log_table_artifacts,
+                "parent_run_id": parent_run_id}
     run_id = log_run(results, failures, settings)
     if failures:
         details = "\n".join(f"  {n}: {msg}" for n, msg in failures.items())

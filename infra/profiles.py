@@ -44,12 +44,26 @@ def apply_override(profile: dict, override: str) -> None:
     node[parts[-1]] = yaml.safe_load(value)
 
 
+def _merge(base: dict, top: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
 def load_profile(name_or_path: str | Path, overrides: list[str] | None = None) -> dict:
-    """The profile as a dict, with `overrides` applied and `_path` recording where it came from."""
+    """The profile as a dict, with `overrides` applied and `_path` recording where it came from.
+
+    A profile may start from another (`extends: tiny`): its keys are merged over the parent's, mappings recursively.
+    """
     path = profile_path(name_or_path)
     profile = yaml.safe_load(path.read_text())
     if not isinstance(profile, dict) or "name" not in profile:
         raise ValueError(f"{path}: a profile is a mapping with at least a `name`")
+    if profile.get("extends"):
+        parent = load_profile(profile.pop("extends"))
+        parent.pop("_path", None)
+        profile = _merge(parent, profile)
     profile = copy.deepcopy(profile)
     for o in overrides or []:
         apply_override(profile, o)

@@ -11,11 +11,13 @@ from tasks.tracking import log_table, standard_tags, start_run, tracking_uri
 
 def log_ingest_run(results: list[IngestResult], failures: dict[str, str], *, tables_root: str, out_dir: str,
                    tracking_uri: str | None, experiment: str, profile: str | None,
-                   log_table_artifacts: bool) -> str:
+                   log_table_artifacts: bool, parent_run_id: str | None = None) -> str:
     """Log the ingest run and return its id."""
     uri = tracking_uri_of(out_dir, tracking_uri)
-    with start_run(uri, experiment, "ingest", Path(out_dir), tags=standard_tags(profile, "ingest")) as run:
+    with start_run(uri, experiment, "ingest", Path(out_dir), tags=standard_tags(profile, "ingest"),
+                   parent_run_id=parent_run_id) as run:
         mlflow.log_params({"datasets": ",".join(r.dataset for r in results), "tables_root": tables_root})
+        mlflow.log_metric("cached_datasets", sum(r.status == "cached" for r in results))
         for r in results:
             mlflow.log_metrics({f"{r.dataset}.rejects": r.rejects,
                                 f"{r.dataset}.cached": 1.0 if r.status == "cached" else 0.0})

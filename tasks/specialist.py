@@ -121,15 +121,16 @@ ARCHS: dict[str, ArchSpec] = {a.name: a for a in [
 
 _TINY_VIT = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 # What the tiny profile changes per architecture (merge into ARCHS[name] with dataclasses.replace): the real model
-# family and block structure, narrower or shallower so that all ten train on a CPU in minutes. Where timm cannot make
-# a model narrower through its constructor (efficientnet_b4's multipliers are fixed in its builder) the real model is
-# used at the small input size. AlexNet's three stride-2 max-pools need >= 63 px, so it trains at 64 px.
+# family and block structure, narrower or shallower so that all ten train on a CPU in minutes. AlexNet's three stride-2
+# max-pools need >= 63 px, so it trains at 64 px. Measured with benchmarks/tiny_specialists.py.
 TINY_OVERRIDES: dict[str, dict[str, Any]] = {
-    "vgg16": {"overrides": {"mlp_ratio": 1 / 64}},  # 13 real conv layers; the 4096-wide conv-MLP's hidden layer 64
-    "alexnet": {"img_size": 64},
+    # 13 conv layers at 1/4 width (16..128); the 4096-wide conv-MLP's hidden layer 64
+    "vgg16": {"overrides": {"channel_multiplier": 0.25, "mlp_ratio": 1 / 64}},
+    "alexnet": {"overrides": {"fc_hidden_width": 256}, "img_size": 64},  # 5 conv + 3 FC, FC hidden 256 (not 4096)
     "resnet18": {"overrides": {"channels": [16, 32, 64, 128], "stem_width": 16}},  # 18 layers at 1/4 width
     "densenet121": {"overrides": {"growth_rate": 8}},  # 121 layers (6, 12, 24, 16), growth 8 instead of 32
-    "efficientnet_b4": {},
+    # b4's depth (32 MBConv blocks, depth multiplier 1.8) at width multiplier 0.25 instead of 1.4
+    "efficientnet_b4": {"overrides": {"channel_multiplier": 0.25, "depth_multiplier": 1.8}},
     "vit_b16": {"overrides": dict(_TINY_VIT)},
     "clip_vit_b16": {"overrides": dict(_TINY_VIT)},
     "eva02_vit_b16": {"overrides": dict(_TINY_VIT)},
@@ -137,11 +138,30 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
     # windowed blocks with one global block and a narrow neck, as in SAM's encoder
     "sam_vit_b16": {"overrides": {**_TINY_VIT, "window_size": 2, "global_attn_indexes": [1], "neck_chans": 32}},
 }
+# The tiny profile's training recipe (infra/profiles/tiny.yaml `specialists.recipe`): enough AdamW steps on ~96
+# images for every architecture trained from scratch to learn the look-alike classes.
+TINY_RECIPE: dict[str, Any] = {"img_size": 32, "batch_size": 16, "max_epochs": 12, "patience": 4, "lr": 2e-3,
+                               "weight_decay": 0.05, "warmup_epochs": 0, "min_lr": 1e-5, "eval_batch_size": 128}
 
 
 def tiny_arch(name: str) -> ArchSpec:
     """ARCHS[name] with TINY_OVERRIDES applied and allow_scratch on (the tiny profile has no weights)."""
     return dataclasses.replace(ARCHS[name], allow_scratch=True, **TINY_OVERRIDES[name])
+
+
+def tiny_recipe(**changes) -> "Recipe":
+    """The tiny profile's Recipe (TINY_RECIPE, with `changes` applied)."""
+    return Recipe.from_dict({**TINY_RECIPE, **changes})
+
+
+def constant_baseline(task_type: str, targets: np.ndarray, num_classes: int) -> float:
+    """The best score a constant predictor gets on `targets`: accuracy max(majority share, 1/classes) for single-label
+    tasks, macro-F1 for multi-label (per label, predicting 'positive' everywhere scores 2p/(1+p) at prevalence p)."""
+    t = np.asarray(targets)
+    if task_type == "multilabel":
+        p = t.reshape(len(t), -1).astype(np.float64).mean(0)
+        return float(np.mean(2 * p / (1 + p)))
+    return float(max(np.bincount(t.astype(np.int64), minlength=num_classes).max() / len(t), 1.0 / num_classes))
 
 
 @dataclass
@@ -162,17 +182,59 @@ def _timm_fixed_input(arch: ArchSpec) -> bool:
     return bool(cfg is not None and getattr(cfg, "fixed_input_size", False))
 
 
+# Override keys that the build code below handles itself, because the library's registered constructor fixes them:
+#   channel_multiplier (+ depth_multiplier): timm efficientnet_* (timm's own generator arguments; give both, the
+#       registered b4 passes 1.4 / 1.8) and timm vgg* (every conv width of timm's cfg scaled, rounded to 8)
+#   fc_hidden_width: torchvision models with an MLP `classifier` (AlexNet, VGG): width of its hidden Linear layers
+BUILD_OVERRIDES = ("channel_multiplier", "depth_multiplier", "fc_hidden_width")
+
+
+def _create_timm(arch: ArchSpec, num_classes: int, in_chans: int, kwargs: dict) -> nn.Module:
+    cm, dm = kwargs.pop("channel_multiplier", None), kwargs.pop("depth_multiplier", None)
+    # the tag selects the pinned pretrained config (mean/std, classifier name) without fetching weights
+    common = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if cm is None and dm is None:
+        return timm.create_model(arch.full_name, **common)
+    common["pretrained_cfg"] = arch.pretrained_tag
+    if arch.model_name.startswith("efficientnet_b"):
+        if cm is None or dm is None:
+            raise ValueError(f"arch {arch.name!r}: give both channel_multiplier and depth_multiplier for "
+                             f"{arch.model_name} (its registered constructor fixes both)")
+        from timm.models.efficientnet import _gen_efficientnet  # the generator behind timm's efficientnet_bN
+        return _gen_efficientnet(arch.model_name, channel_multiplier=float(cm), depth_multiplier=float(dm), **common)
+    from timm.models import vgg as timm_vgg
+    if arch.model_name in timm_vgg.cfgs and dm is None:
+        cfg = [v if v == "M" else timm.layers.make_divisible(v * float(cm), 8) for v in timm_vgg.cfgs[arch.model_name]]
+        return timm.models.build_model_with_cfg(timm_vgg.VGG, arch.model_name, model_cfg=cfg, **common)
+    raise ValueError(f"arch {arch.name!r}: overrides channel_multiplier/depth_multiplier are supported for timm "
+                     f"efficientnet_bN (both) and vgg (channel_multiplier only), not {arch.model_name}")
+
+
+def _narrow_classifier(model: nn.Module, arch: ArchSpec, width: int) -> None:
+    """Replace the hidden Linear layers of a torchvision `classifier` MLP by `width`-wide ones (the head follows)."""
+    linears = [i for i, m in enumerate(getattr(model, "classifier", [])) if isinstance(m, nn.Linear)]
+    if len(linears) < 2 or int(width) < 1:
+        raise ValueError(f"arch {arch.name!r}: fc_hidden_width={width!r} needs a positive width and a torchvision "
+                         f"model whose classifier has hidden Linear layers; {arch.model_name} has {len(linears)}")
+    for n, i in enumerate(linears):
+        old = model.classifier[i]
+        model.classifier[i] = nn.Linear(old.in_features if n == 0 else int(width),
+                                        old.out_features if n == len(linears) - 1 else int(width))
+
+
 def create_model(arch: ArchSpec, num_classes: int, img_size: int, in_chans: int = 3) -> nn.Module:
     """A randomly initialised model of `arch` with a `num_classes` head; nothing is downloaded."""
+    kwargs = dict(arch.overrides)
     if arch.source == "timm":
-        kwargs = dict(arch.overrides)
         if _timm_fixed_input(arch):
             kwargs["img_size"] = img_size
-        # the tagged name selects the pinned pretrained config (mean/std, classifier name) without fetching weights
-        return timm.create_model(arch.full_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        return _create_timm(arch, num_classes, in_chans, kwargs)
     if in_chans != 3:
         raise ValueError(f"arch {arch.name!r}: torchvision {arch.model_name} takes 3 input channels, got {in_chans}")
-    model = torchvision.models.get_model(arch.model_name, weights=None, num_classes=num_classes, **arch.overrides)
+    fc_width = kwargs.pop("fc_hidden_width", None)
+    model = torchvision.models.get_model(arch.model_name, weights=None, num_classes=num_classes, **kwargs)
+    if fc_width is not None:
+        _narrow_classifier(model, arch, fc_width)
     min_size = _min_input_size(model)
     if img_size < min_size:
         raise ValueError(f"arch {arch.name!r}: {arch.model_name} needs input of at least {min_size} px, got {img_size}; "

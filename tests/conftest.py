@@ -31,3 +31,27 @@ def tiny_copy(tiny_root, tmp_path) -> Path:
     dst = tmp_path / "data"
     shutil.copytree(tiny_root, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_tables(tiny_root, tmp_path_factory) -> Path:
+    """Canonical tables of the whole tiny benchmark (ingested once; read-only)."""
+    from data_contracts.cards import get_card
+    from tasks.ingest import ingest_dataset
+    from tasks.tiny_data import TINY_DATASETS
+
+    out = tmp_path_factory.mktemp("tiny-tables")
+    for name in TINY_DATASETS:
+        ingest_dataset(get_card(name), tiny_root, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_generalist_dir(tiny_tables, tmp_path_factory) -> Path:
+    """A tiny random-initialised InternVL built from the tiny tables' texts (the tiny profile's base model)."""
+    from tasks.meddr import tokenizer_texts
+    from tasks.generalist import build_tiny_internvl
+    from tasks.tiny_data import TINY_DATASETS
+
+    out = tmp_path_factory.mktemp("models") / "tiny-internvl"
+    return build_tiny_internvl(out, tokenizer_texts(tiny_tables, list(TINY_DATASETS)), {"seed": 0})

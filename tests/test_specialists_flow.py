@@ -1,0 +1,72 @@
+"""The specialist fan-out under Prefect: killed midway, a rerun trains only the unfinished jobs; MLflow runs + models."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from tasks.tracking import tracking_uri
+
+ARCHS = ["resnet18", "vit_b16"]
+SETTINGS = {
+    "architectures": ARCHS, "devices": [], "cpu_slots": 1, "concurrency_limit": None,
+    "isolation": "inprocess", "threads": 1, "retries": 0,
+    "recipe": {"img_size": 32, "batch_size": 16, "max_epochs": 3, "patience": 2, "lr": 0.001, "eval_batch_size": 64},
+    "arch_settings": {"resnet18": {"allow_scratch": True, "overrides": {"channels": [16, 32, 64, 128],
+                                                                        "stem_width": 16}},
+                      "vit_b16": {"allow_scratch": True, "overrides": {"depth": 2, "embed_dim": 64, "num_heads": 2}}},
+}
+DATASETS = ["pneumoniamnist", "breastmnist"]
+
+
+def _call(tables, out):
+    tracking = {"uri": tracking_uri(out, None), "experiment": "test-spec", "out_dir": str(out), "profile": "test"}
+    return f"""
+from flows.specialists import specialists
+print("RESULT", __import__("json").dumps(specialists({str(tables)!r}, {str(out)!r}, {DATASETS!r},
+      {SETTINGS!r}, {tracking!r})))
+"""
+
+
+def test_killed_fanout_reruns_only_unfinished_jobs(tiny_tables, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _call(tiny_tables, out)], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    done_markers = lambda: sorted(out.glob("specialists/*/*/done.json"))  # noqa: E731
+    deadline = time.time() + 240
+    while len(done_markers()) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole flow process (and its temporary Prefect server) dies at once
+    proc.wait()
+    finished = {tuple(p.parent.relative_to(out / "specialists").parts) for p in done_markers()}
+    assert 2 <= len(finished) < len(DATASETS) * len(ARCHS), proc.stdout.read()[-3000:]
+    mtimes = {k: (out / "specialists" / k[0] / k[1] / "best.safetensors").stat().st_mtime_ns for k in finished}
+
+    rerun = subprocess.run([sys.executable, "-c", _call(tiny_tables, out)], env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    result = json.loads(rerun.stdout.split("RESULT", 1)[1])
+    status = {(j["dataset"], j["arch"]): j["status"] for j in result["jobs"]}
+    assert not result["failures"] and len(status) == len(DATASETS) * len(ARCHS)
+    assert {k for k, s in status.items() if s == "skipped"} == finished
+    assert all(s in ("trained", "resumed") for k, s in status.items() if k not in finished)
+    for k in finished:  # finished jobs were not trained again
+        assert (out / "specialists" / k[0] / k[1] / "best.safetensors").stat().st_mtime_ns == mtimes[k]
+
+    client = MlflowClient(tracking_uri(out, None))
+    for ds in DATASETS:
+        for arch in ARCHS:
+            versions = client.search_model_versions(f"name = 'specialist-{ds}-{arch}'")
+            assert versions, f"specialist-{ds}-{arch} not registered"
+    job = result["jobs"][0]
+    run = client.get_run(job["run_id"])
+    names = {d.dataset.name for d in run.inputs.dataset_inputs}
+    assert {f"{job['dataset']}/train", f"{job['dataset']}/test"} <= names
