@@ -87,7 +87,9 @@ def lineage(uri: str, run_id: str) -> dict:
     children = client.search_runs([run.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=5000,
                                   order_by=["attributes.start_time ASC"])
-    return {"run": _run_summary(client, run), "stages": [_run_summary(client, c) for c in children]}
+    # search results omit model inputs: read each run in full
+    return {"run": _run_summary(client, run),
+            "stages": [_run_summary(client, client.get_run(c.info.run_id)) for c in children]}
 
 
 def lineage_digests(tree: dict) -> dict[str, dict[str, str]]:

@@ -57,11 +57,15 @@ def log_index_run(infos: list[dict], tracking: dict, parent_run_id: str | None =
     """One MLflow run recording every index table: digest, version, tag, recall@k against exact search."""
     import mlflow
 
+    from tasks.lineage import log_model_input
+    from tasks.specialist_jobs import logged_job
     from tasks.tracking import log_table, standard_tags, start_run
 
     with start_run(tracking["uri"], tracking["experiment"], "index", Path(tracking["out_dir"]),
                    tags=standard_tags(tracking.get("profile"), "index"), parent_run_id=parent_run_id) as run:
         for info in infos:
+            retriever_model = logged_job(job_dir(Path(tracking["out_dir"]), info["dataset"], info["retriever"]))
+            log_model_input(retriever_model["model_id"])  # the specialist whose embeddings key this table
             key = f"{info['dataset']}.{info['retriever']}"
             mlflow.log_params({f"{key}.version": info["version"], f"{key}.tag": info["tag"][:250],
                                f"{key}.index_type": info["index_type"], f"{key}.rows": info["rows"]})

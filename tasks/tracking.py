@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import mlflow
@@ -19,6 +20,9 @@ from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.tracking import MlflowClient
 
 SECRET_MARKERS = ("key", "token", "secret", "password", "credential")
+# MLflow's fluent API keeps one tracking URI and experiment per process: tasks running in threads (specialist jobs
+# on several slots) would log into each other's runs, so a run's logging section holds this lock.
+_RUN_LOCK = threading.RLock()
 
 
 def tracking_uri(out_dir: Path, configured: str | None) -> str:
@@ -93,18 +97,19 @@ def safe_params(params: dict) -> dict:
 def start_run(uri: str, experiment: str, run_name: str, out_dir: Path, tags: dict | None = None,
               nested: bool = False, parent_run_id: str | None = None):
     """A run in `experiment` on the store `uri`; restores the previous tracking URI afterwards."""
-    previous = mlflow.get_tracking_uri() if os.environ.get("MLFLOW_TRACKING_URI") else None
-    mlflow.set_tracking_uri(uri)
-    exp_id = ensure_experiment(uri, experiment, out_dir)
-    all_tags = dict(tags or {})
-    if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
-    try:
-        with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags, nested=nested) as run:
-            yield run
-    finally:
-        if previous:
-            mlflow.set_tracking_uri(previous)
+    with _RUN_LOCK:
+        previous = mlflow.get_tracking_uri() if os.environ.get("MLFLOW_TRACKING_URI") else None
+        mlflow.set_tracking_uri(uri)
+        exp_id = ensure_experiment(uri, experiment, out_dir)
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        try:
+            with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags, nested=nested) as run:
+                yield run
+        finally:
+            if previous:
+                mlflow.set_tracking_uri(previous)
 
 
 def log_table(name: str, digest: str, path: Path, context: str, tags: dict | None = None) -> None:
