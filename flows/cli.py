@@ -131,6 +131,7 @@ def run(profile: str = typer.Option("tiny", help="profile name (infra/profiles) 
     console.print(t)
     if res["failures"]:
         console.print(f"[red]failed specialist jobs:[/red] {res['failures']}")
+    console.print(f"tables:     {Path(res['out_dir']) / 'tables'}")
     if res["report"]:
         console.print(f"report:     {res['report']}")
         console.print(f"            {res['report_md']}")
