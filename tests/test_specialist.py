@@ -21,7 +21,7 @@ from data_contracts.errors import DataError
 from tasks.specialist import (ARCHS, Recipe, SpecialistData, Split, build_model, embedding_dim, forward_embed,
                               predict, tiny_arch, train_specialist)
 
-TINY_EMB_DIM = {"vgg16": 4096, "alexnet": 4096, "resnet18": 128, "densenet121": 256, "efficientnet_b4": 1792,
+TINY_EMB_DIM = {"vgg16": 4096, "alexnet": 256, "resnet18": 128, "densenet121": 256, "efficientnet_b4": 320,
                 "vit_b16": 64, "clip_vit_b16": 64, "eva02_vit_b16": 64, "dino_vit_b16": 64, "sam_vit_b16": 32}
 SHAPES = ("square", "ring", "stripes")
 
