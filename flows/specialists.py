@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger, task
 from prefect.concurrency.sync import concurrency
 from prefect.futures import wait
 
+from tasks.tracking import ensure_experiment
 from tasks.specialist_jobs import DevicePool, job_dir, log_job, run_on_slot
 from tasks.rad_index import build_rad_index, log_index_run
 
@@ -33,6 +34,9 @@ def specialists(tables_root: str, out_dir: str, datasets: list[str], settings: d
                 parent_run_id: str | None = None) -> dict:
     """Train every (architecture x dataset) job under a device-slot limit; failures are retried and reported."""
     logger = get_run_logger()
+    # create the MLflow store before any job runs: its schema migration is not atomic, so it must not be racing
+    # job threads (or be cut short by a killed run)
+    ensure_experiment(tracking["uri"], tracking["experiment"], Path(tracking["out_dir"]))
     devices = list(settings.get("devices") or [])
     slots = max(1, len(devices)) if devices else int(settings.get("cpu_slots", 1))
     isolation = settings.get("isolation", "subprocess" if devices else "inprocess")

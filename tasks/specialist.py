@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data_contracts.errors import DataError
 
-CODE_VERSION = 1  # bump when a change alters what a finished job would produce: old done.json markers stop matching
+CODE_VERSION = 2  # bump when a change alters what a finished job would produce: old done.json markers stop matching
 SPECIALIST_TASK_TYPES = ("binary", "multiclass", "multilabel")
 SPLIT_NAMES = ("train", "val", "test")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -124,24 +124,31 @@ _TINY_VIT = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 # family and block structure, narrower or shallower so that all ten train on a CPU in minutes. AlexNet's three stride-2
 # max-pools need >= 63 px, so it trains at 64 px. Measured with benchmarks/tiny_specialists.py.
 TINY_OVERRIDES: dict[str, dict[str, Any]] = {
-    # 13 conv layers at 1/4 width (16..128); the 4096-wide conv-MLP's hidden layer 64
-    "vgg16": {"overrides": {"channel_multiplier": 0.25, "mlp_ratio": 1 / 64}},
-    "alexnet": {"overrides": {"fc_hidden_width": 256}, "img_size": 64},  # 5 conv + 3 FC, FC hidden 256 (not 4096)
-    "resnet18": {"overrides": {"channels": [16, 32, 64, 128], "stem_width": 16}},  # 18 layers at 1/4 width
-    "densenet121": {"overrides": {"growth_rate": 8}},  # 121 layers (6, 12, 24, 16), growth 8 instead of 32
-    # b4's depth (32 MBConv blocks, depth multiplier 1.8) at width multiplier 0.25 instead of 1.4
-    "efficientnet_b4": {"overrides": {"channel_multiplier": 0.25, "depth_multiplier": 1.8}},
+    # 13 conv layers at 1/4 width (16..128), each followed by BatchNorm (timm's vgg16_bn layout: without it the
+    # scratch model cannot learn ChestMNIST's multi-label task in the tiny budget); the conv-MLP's hidden layer 64
+    "vgg16": {"overrides": {"channel_multiplier": 0.25, "mlp_ratio": 1 / 64, "norm_layer": "batchnorm2d"}},
+    # 5 conv + 3 FC with FC hidden width 512 (not 4096); without BatchNorm it trains at half the recipe's step, and
+    # without dropout, which keeps the short run from learning
+    "alexnet": {"overrides": {"fc_hidden_width": 512, "dropout": 0.0, "lr_scale": 0.5}, "img_size": 64},
+    # residual BatchNorm CNNs learn ChestMNIST's 15-label task in 12 epochs only at 8x the step the ViTs tolerate
+    "resnet18": {"overrides": {"channels": [16, 32, 64, 128], "stem_width": 16, "lr_scale": 8}},  # 18 layers, 1/4 width
+    "densenet121": {"overrides": {"growth_rate": 8, "lr_scale": 8}},  # 121 layers (6, 12, 24, 16), growth 8 (not 32)
+    # b4's depth (32 MBConv blocks, depth multiplier 1.8) at width multiplier 0.5 instead of 1.4, at 24 px (its cost is
+    # per-layer overhead more than pixels); residual blocks start as identities, a zero head, BatchNorm running stats
+    # that follow the fast-moving weights of a short run
+    "efficientnet_b4": {"overrides": {"channel_multiplier": 0.5, "depth_multiplier": 1.8, "zero_init_last": True,
+                                      "head_init_scale": 0.0, "bn_momentum": 0.5, "lr_scale": 8}, "img_size": 24},
     "vit_b16": {"overrides": dict(_TINY_VIT)},
-    "clip_vit_b16": {"overrides": dict(_TINY_VIT)},
-    "eva02_vit_b16": {"overrides": dict(_TINY_VIT)},
+    "clip_vit_b16": {"overrides": {**_TINY_VIT, "lr_scale": 2}},  # pre-norm CLIP and EVA-02 blocks learn DermNet's
+    "eva02_vit_b16": {"overrides": {**_TINY_VIT, "lr_scale": 2}},  # 5 classes at twice the step of plain ViT-B
     "dino_vit_b16": {"overrides": dict(_TINY_VIT)},
     # windowed blocks with one global block and a narrow neck, as in SAM's encoder
     "sam_vit_b16": {"overrides": {**_TINY_VIT, "window_size": 2, "global_attn_indexes": [1], "neck_chans": 32}},
 }
 # The tiny profile's training recipe (infra/profiles/tiny.yaml `specialists.recipe`): enough AdamW steps on ~96
 # images for every architecture trained from scratch to learn the look-alike classes.
-TINY_RECIPE: dict[str, Any] = {"img_size": 32, "batch_size": 16, "max_epochs": 12, "patience": 4, "lr": 2e-3,
-                               "weight_decay": 0.05, "warmup_epochs": 0, "min_lr": 1e-5, "eval_batch_size": 128}
+TINY_RECIPE: dict[str, Any] = {"img_size": 32, "batch_size": 16, "max_epochs": 12, "patience": 6, "lr": 5e-4,
+                               "weight_decay": 0.05, "warmup_epochs": 2, "min_lr": 5e-5, "eval_batch_size": 128}
 
 
 def tiny_arch(name: str) -> ArchSpec:
@@ -182,15 +189,56 @@ def _timm_fixed_input(arch: ArchSpec) -> bool:
     return bool(cfg is not None and getattr(cfg, "fixed_input_size", False))
 
 
-# Override keys that the build code below handles itself, because the library's registered constructor fixes them:
-#   channel_multiplier (+ depth_multiplier): timm efficientnet_* (timm's own generator arguments; give both, the
+# Override keys that the build code below handles itself, because the library's constructor fixes or lacks them:
+#   channel_multiplier (+ depth_multiplier): timm efficientnet_bN (timm's own generator arguments; give both, the
 #       registered b4 passes 1.4 / 1.8) and timm vgg* (every conv width of timm's cfg scaled, rounded to 8)
+#   zero_init_last: timm efficientnet_bN: zero the last BatchNorm scale of every residual block, so each block starts
+#       as the identity (what timm's ResNet does by default); a 32-block MBConv stack trained from scratch on a few
+#       hundred images barely generalises without it
+#   head_init_scale: any model: multiply the freshly initialised classifier's weight and bias (0 starts every class
+#       at the same logit; timm's efficientnet head init is +-1/sqrt(num_classes): large logits for a few classes)
 #   fc_hidden_width: torchvision models with an MLP `classifier` (AlexNet, VGG): width of its hidden Linear layers
-BUILD_OVERRIDES = ("channel_multiplier", "depth_multiplier", "fc_hidden_width")
+#   norm_layer as a name (timm models): resolved by timm.layers.get_norm_layer, e.g. "batchnorm2d" (VGG16 -> VGG16-BN)
+#   lr_scale: not a model setting: train_specialist multiplies the recipe's lr and min_lr by it for this architecture
+#       (from scratch, BatchNorm CNNs want a several times larger AdamW step than ViTs and BN-free AlexNet tolerate);
+#       it rides in `overrides` so that profiles pass it through as they are and the job fingerprint covers it
+BUILD_OVERRIDES = ("channel_multiplier", "depth_multiplier", "zero_init_last", "head_init_scale", "fc_hidden_width",
+                   "norm_layer", "lr_scale")
+
+
+def lr_scale_of(arch: ArchSpec) -> float:
+    """The factor on the recipe's lr for `arch` (its `lr_scale` override, default 1); must be positive."""
+    scale = float(arch.overrides.get("lr_scale", 1.0))
+    if not scale > 0:
+        raise ValueError(f"arch {arch.name!r}: lr_scale must be > 0, got {arch.overrides['lr_scale']!r}")
+    return scale
 
 
 def _create_timm(arch: ArchSpec, num_classes: int, in_chans: int, kwargs: dict) -> nn.Module:
+    effnet = arch.model_name.startswith("efficientnet_b")
     cm, dm = kwargs.pop("channel_multiplier", None), kwargs.pop("depth_multiplier", None)
+    zero_last = kwargs.pop("zero_init_last", False) if effnet else False  # timm's ResNet takes it itself
+    if isinstance(kwargs.get("norm_layer"), str):  # a profile names the layer; timm's constructors take the class
+        kwargs["norm_layer"] = timm.layers.get_norm_layer(kwargs["norm_layer"])
+    model = _create_timm_model(arch, num_classes, in_chans, kwargs, cm, dm)
+    if zero_last and _zero_init_residual_ends(model) == 0:
+        raise ValueError(f"arch {arch.name!r}: zero_init_last found no residual block in {arch.model_name}")
+    return model
+
+
+def _zero_init_residual_ends(model: nn.Module) -> int:
+    """Zero the scale of the last BatchNorm in every block with a skip connection; returns how many blocks."""
+    n = 0
+    for blk in model.modules():
+        if getattr(blk, "has_skip", False):
+            norms = [m for m in blk.children() if isinstance(m, nn.BatchNorm2d)]
+            if norms:
+                nn.init.zeros_(norms[-1].weight)
+                n += 1
+    return n
+
+
+def _create_timm_model(arch: ArchSpec, num_classes: int, in_chans: int, kwargs: dict, cm, dm) -> nn.Module:
     # the tag selects the pinned pretrained config (mean/std, classifier name) without fetching weights
     common = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
     if cm is None and dm is None:
@@ -225,21 +273,37 @@ def _narrow_classifier(model: nn.Module, arch: ArchSpec, width: int) -> None:
 def create_model(arch: ArchSpec, num_classes: int, img_size: int, in_chans: int = 3) -> nn.Module:
     """A randomly initialised model of `arch` with a `num_classes` head; nothing is downloaded."""
     kwargs = dict(arch.overrides)
+    kwargs.pop("lr_scale", None)  # a training setting (lr_scale_of), not the model's
+    head_scale = kwargs.pop("head_init_scale", None)
     if arch.source == "timm":
         if _timm_fixed_input(arch):
             kwargs["img_size"] = img_size
-        return _create_timm(arch, num_classes, in_chans, kwargs)
-    if in_chans != 3:
-        raise ValueError(f"arch {arch.name!r}: torchvision {arch.model_name} takes 3 input channels, got {in_chans}")
-    fc_width = kwargs.pop("fc_hidden_width", None)
-    model = torchvision.models.get_model(arch.model_name, weights=None, num_classes=num_classes, **kwargs)
-    if fc_width is not None:
-        _narrow_classifier(model, arch, fc_width)
-    min_size = _min_input_size(model)
-    if img_size < min_size:
-        raise ValueError(f"arch {arch.name!r}: {arch.model_name} needs input of at least {min_size} px, got {img_size}; "
-                         f"set the arch's img_size")
+        model = _create_timm(arch, num_classes, in_chans, kwargs)
+    else:
+        if in_chans != 3:
+            raise ValueError(f"arch {arch.name!r}: torchvision {arch.model_name} takes 3 input channels, got "
+                             f"{in_chans}")
+        fc_width = kwargs.pop("fc_hidden_width", None)
+        model = torchvision.models.get_model(arch.model_name, weights=None, num_classes=num_classes, **kwargs)
+        if fc_width is not None:
+            _narrow_classifier(model, arch, fc_width)
+        min_size = _min_input_size(model)
+        if img_size < min_size:
+            raise ValueError(f"arch {arch.name!r}: {arch.model_name} needs input of at least {min_size} px, got "
+                             f"{img_size}; set the arch's img_size")
+    if head_scale is not None:
+        _scale_head(model, arch, float(head_scale))
     return model
+
+
+def _scale_head(model: nn.Module, arch: ArchSpec, scale: float) -> None:
+    head = _head_prefixes(model, arch)
+    params = [p for k, p in model.named_parameters() if k.startswith(head)]
+    if not params:
+        raise ValueError(f"arch {arch.name!r}: head_init_scale found no classifier parameters under {head}")
+    with torch.no_grad():
+        for p in params:
+            p.mul_(scale)
 
 
 def _min_input_size(model: nn.Module) -> int:
@@ -665,7 +729,7 @@ class Recipe:
     num_workers: int = 0
     seed: int = 0
     amp: bool = True                 # bf16 autocast; CUDA only
-    channels_last: bool = True       # CUDA only
+    channels_last: bool = True       # NHWC model and batches (CPU too: ~1/3 off an EfficientNet step there)
     threshold: float = 0.5           # multi-label decision threshold on sigmoid outputs
     cache_max_bytes: int = 16 << 30  # decode train/val once into host memory while their uint8 tensors fit this
     device_cache_max_bytes: int = 16 << 30  # CUDA: then keep them on the GPU while they fit this (no host work)
@@ -720,7 +784,7 @@ class Runtime:
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if (cuda and recipe.amp) else None
-        self.channels_last = cuda and recipe.channels_last
+        self.channels_last = recipe.channels_last  # on a CPU too: oneDNN's convolutions are faster in NHWC
         self.pin = cuda
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
@@ -876,13 +940,25 @@ def load_result(out_dir: Path) -> JobResult | None:
 
 
 def _clear_outputs(out_dir: Path, keep_resume: bool) -> None:
-    # done.json goes first: from then on no reader treats the folder as finished
+    # done.json goes first: from then on no reader treats the folder as finished. A resumed run keeps last.pt and the
+    # best-so-far checkpoint: when no later epoch beats it, that file is the job's result
     for name in OUTPUT_FILES:
-        if keep_resume and name == "last.pt":
+        if keep_resume and name in ("last.pt", "best.safetensors"):
             continue
         (out_dir / name).unlink(missing_ok=True)
     for tmp in out_dir.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
+
+
+def _best_checkpoint_matches(path: Path, fingerprint: str, best_epoch: int) -> bool:
+    """Whether `path` holds this job's checkpoint of `best_epoch` (trivially true before any epoch was kept)."""
+    if best_epoch < 0:
+        return True
+    try:
+        card = read_card(path)
+    except Exception:  # missing, torn or foreign
+        return False
+    return card.get("fingerprint") == fingerprint and card.get("epoch") == best_epoch
 
 
 def _seed_all(seed: int) -> None:
@@ -913,6 +989,8 @@ def train_specialist(data: SpecialistData, arch: ArchSpec, recipe: Recipe, out_d
             resume = state if state.get("fingerprint") == fp else None
         except Exception:  # a torn or foreign file: start over rather than trust it
             resume = None
+    if resume is not None and not _best_checkpoint_matches(out_dir / "best.safetensors", fp, resume["best_epoch"]):
+        resume = None  # the best-so-far weights that the state refers to are gone: a resumed run could not return them
     _clear_outputs(out_dir, keep_resume=resume is not None)
 
     rt = Runtime(device, recipe, *input_stats(model, arch))
@@ -922,11 +1000,15 @@ def train_specialist(data: SpecialistData, arch: ArchSpec, recipe: Recipe, out_d
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
     loss_fn = loss_fn_for(data.task_type)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    lr_scale = lr_scale_of(arch)
+    # the fused kernel does the whole update in one pass: on a CPU it is ~7x faster than the per-tensor loop, which
+    # otherwise costs as much as forward + backward of a tiny model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr * lr_scale, weight_decay=recipe.weight_decay,
+                                  fused=rt.device.type in ("cpu", "cuda"))
     from timm.scheduler import CosineLRScheduler
-    scheduler = CosineLRScheduler(optimizer, t_initial=recipe.max_epochs, lr_min=recipe.min_lr,
+    scheduler = CosineLRScheduler(optimizer, t_initial=recipe.max_epochs, lr_min=recipe.min_lr * lr_scale,
                                   cycle_limit=recipe.cycle_limit, warmup_t=recipe.warmup_epochs,
-                                  warmup_lr_init=recipe.min_lr, t_in_epochs=True)
+                                  warmup_lr_init=recipe.min_lr * lr_scale, t_in_epochs=True)
 
     t_decode = time.perf_counter()
     ds, plan = make_datasets(data, img_size, recipe, rt.device)
@@ -1038,7 +1120,8 @@ def train_specialist(data: SpecialistData, arch: ArchSpec, recipe: Recipe, out_d
               "overrides": json.dumps(dict(arch.overrides), sort_keys=True), "img_size": str(img_size),
               "num_classes": str(data.num_classes), "task_type": data.task_type,
               "loss": "bce_with_logits" if data.task_type == "multilabel" else "cross_entropy",
-              "init": init.init, "weights_sha256": init.weights_sha256 or "", "data_digest": data.content_digest(),
+              "init": init.init, "weights_sha256": init.weights_sha256 or "", "lr": str(recipe.lr * lr_scale),
+              "data_digest": data.content_digest(),
               "n_train": str(n_train), "n_val": str(len(data.val)), "n_test": str(len(data.test)),
               "device": str(rt.device), **{f"data_place.{s}": p for s, p in plan.items()}, "amp": str(rt.amp_dtype).replace("torch.", "") if rt.amp_dtype else "none",
               **{f"recipe.{k}": str(v) for k, v in dataclasses.asdict(recipe).items()}}

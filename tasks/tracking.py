@@ -43,6 +43,11 @@ def artifact_root(out_dir: Path) -> str:
 
 def ensure_experiment(uri: str, name: str, out_dir: Path) -> str:
     """The experiment id of `name`, creating it (with a local artifact root for SQLite stores) if needed."""
+    with _RUN_LOCK:
+        return _ensure_experiment(uri, name, out_dir)
+
+
+def _ensure_experiment(uri: str, name: str, out_dir: Path) -> str:
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:

@@ -7,8 +7,11 @@ from data_contracts.io import read_samples
 from tasks.rad_index import build_rad_index, rad_references
 from tasks.specialist_jobs import job_dir, run_job
 
-RECIPE = {"img_size": 32, "batch_size": 16, "max_epochs": 6, "patience": 3, "lr": 0.001, "eval_batch_size": 64}
-ARCH = {"allow_scratch": True, "overrides": {"channels": [16, 32, 64, 128], "stem_width": 16}}
+from infra.profiles import load_profile
+
+_TINY = load_profile("tiny")["specialists"]
+RECIPE = _TINY["recipe"]                       # the tiny profile's recipe and resnet18 settings
+ARCH = _TINY["arch_settings"]["resnet18"]
 
 
 def test_rad_neighbours_share_labels(tiny_tables, tmp_path):

@@ -21,7 +21,7 @@ from data_contracts.errors import DataError
 from tasks.specialist import (ARCHS, Recipe, SpecialistData, Split, build_model, embedding_dim, forward_embed,
                               predict, tiny_arch, train_specialist)
 
-TINY_EMB_DIM = {"vgg16": 4096, "alexnet": 256, "resnet18": 128, "densenet121": 256, "efficientnet_b4": 320,
+TINY_EMB_DIM = {"vgg16": 4096, "alexnet": 512, "resnet18": 128, "densenet121": 256, "efficientnet_b4": 640,
                 "vit_b16": 64, "clip_vit_b16": 64, "eva02_vit_b16": 64, "dino_vit_b16": 64, "sam_vit_b16": 32}
 SHAPES = ("square", "ring", "stripes")
 
@@ -207,7 +207,7 @@ def test_multilabel_uses_bce_and_multi_hot_predictions(tmp_path):
 def test_early_stopping_keeps_best_val_loss_epoch(tmp_path):
     # half the labels are noise: validation loss falls while the shapes are learnt, then rises as the noise is fitted
     data = _data(seed=5, sizes=(60, 30, 15), label_noise=0.5)
-    recipe = _recipe(max_epochs=25, lr=3e-3, patience=2)
+    recipe = _recipe(max_epochs=25, lr=3e-3 / sp.lr_scale_of(tiny_arch("resnet18")), patience=2)  # a step of 3e-3
     res = train_specialist(data, tiny_arch("resnet18"), recipe, tmp_path / "es")
     vals = [h["val_loss"] for h in res.history]
     assert res.stopped_early and res.epochs_run < 25

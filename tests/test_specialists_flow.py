@@ -18,7 +18,7 @@ ARCHS = ["resnet18", "vit_b16"]
 SETTINGS = {
     "architectures": ARCHS, "devices": [], "cpu_slots": 1, "concurrency_limit": None,
     "isolation": "inprocess", "threads": 1, "retries": 0,
-    "recipe": {"img_size": 32, "batch_size": 16, "max_epochs": 3, "patience": 2, "lr": 0.001, "eval_batch_size": 64},
+    "recipe": {"img_size": 32, "batch_size": 16, "max_epochs": 8, "patience": 8, "lr": 0.001, "eval_batch_size": 64},
     "arch_settings": {"resnet18": {"allow_scratch": True, "overrides": {"channels": [16, 32, 64, 128],
                                                                         "stem_width": 16}},
                       "vit_b16": {"allow_scratch": True, "overrides": {"depth": 2, "embed_dim": 64, "num_heads": 2}}},
@@ -43,7 +43,7 @@ def test_killed_fanout_reruns_only_unfinished_jobs(tiny_tables, tmp_path):
     done_markers = lambda: sorted(out.glob("specialists/*/*/done.json"))  # noqa: E731
     deadline = time.time() + 240
     while len(done_markers()) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole flow process (and its temporary Prefect server) dies at once
     proc.wait()
     finished = {tuple(p.parent.relative_to(out / "specialists").parts) for p in done_markers()}
