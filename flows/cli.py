@@ -126,8 +126,10 @@ def run(profile: str = typer.Option("tiny", help="profile name (infra/profiles) 
     t = Table(title="benchmark stages")
     t.add_column("stage")
     t.add_column("status")
+    t.add_column("recomputed")
     for k, v in res["stages"].items():
-        t.add_row(k, v)
+        units = res.get("recomputed", {}).get(k, [])
+        t.add_row(k, v, ", ".join(units) if len(units) <= 4 else f"{len(units)} units")
     console.print(t)
     if res["failures"]:
         console.print(f"[red]failed specialist jobs:[/red] {res['failures']}")

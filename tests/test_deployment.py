@@ -109,6 +109,8 @@ def test_deploy_run_cache_and_lineage(server, tmp_path):
     res2 = json.loads((out / "benchmark_result.json").read_text())
     assert res2["mlflow_run_id"] != res1["mlflow_run_id"]
     assert set(res2["stages"].values()) == {"cached"}, res2["stages"]
+    assert res2["recomputed"].keys() == res1["recomputed"].keys() and not any(res2["recomputed"].values())
+    assert len(res1["recomputed"]["specialists"]) == 4  # micro: 2 architectures x 2 diagnosis sets, all trained
 
     # gsco lineage: the digests MLflow holds are those of the artifacts on disk
     cli = subprocess.run([str(BIN / "gsco"), "lineage", res2["mlflow_run_id"], "--out", str(out), "--json"],
