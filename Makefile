@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 # The environment is keyed on the dependency pins and shared between checkouts; the project itself is re-pointed
 # at this checkout (editable, no deps) on every call, which takes a few seconds.
-$(VENV)/.deps-installed: pyproject.toml
+$(VENV)/.deps-installed:  # keyed on the pins through $(VENV) itself (a fresh clone's newer mtime must not rebuild)
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip setuptools wheel
 	$(VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
