@@ -70,20 +70,18 @@ def benchmark(profile: str = "tiny", overrides: list[str] | None = None, out_dir
         tables = ing["tables_root"]
         names = [r["dataset"] for r in ing["results"]]
 
-        stage_status = {"ingest": _status([r["status"] for r in ing["results"]])}
-        recomputed = {"ingest": _computed({r["dataset"]: r["status"] for r in ing["results"]})}
+        # each stage's units (datasets, synthesis kinds, jobs, indexes, ...) -> their status in this run
+        units = {"ingest": {r["dataset"]: r["status"] for r in ing["results"]}}
         result = {"mlflow_run_id": parent, "tracking_uri": uri, "report": None, "report_md": None,
-                  "stages": stage_status, "recomputed": recomputed, "failures": {}, "out_dir": str(out)}
+                  "stages": {}, "recomputed": {}, "failures": {}, "out_dir": str(out)}
         if "generalist" in groups:
             base = base_model(prof["generalist"], tables, names, str(out), tracking, parent)
             syn = synthesis(tables, str(out), names, base, prof["generalist"], prof["synthesis"], tracking, parent)
             cor = corpus(tables, str(out), names, syn["results"], prof["corpus"], tracking, parent)
             ft = finetune(base, cor, prof["finetune"], str(out), tracking, parent)
-            stage_status.update({"generalist-base": base["status"], "corpus": cor["status"], "finetune": ft["status"],
-                                 "synthesis": _status([r["status"] for r in syn["results"]])})
-            recomputed.update({"synthesis": _computed({r["kind"]: r["status"] for r in syn["results"]}),
-                               **{k: _computed({k: v["status"]}) for k, v in
-                                  (("generalist-base", base), ("corpus", cor), ("finetune", ft))}})
+            units.update({"generalist-base": {"generalist-base": base["status"]},
+                          "synthesis": {r["kind"]: r["status"] for r in syn["results"]},
+                          "corpus": {"corpus": cor["status"]}, "finetune": {"finetune": ft["status"]}})
         if "specialists" in groups:
             diag = _select(names, ("diagnosis",), "benchmark")
             spec_ds = [n for n in diag if prof["specialists"].get("datasets") is None
@@ -97,12 +95,9 @@ def benchmark(profile: str = "tiny", overrides: list[str] | None = None, out_dir
             retrievers = prof["rad"]["retrievers"]
             idx_ds = [n for n in spec_ds if all((n, r) in done for r in retrievers)]
             idx = index(tables, str(out), idx_ds, prof["rad"], tracking, parent)
-            stage_status.update({"specialists": _status([j["status"] for j in spe["jobs"]]),
-                                 "index": _status(["cached" if i["reused"] else "written" for i in idx["indexes"]])})
-            recomputed.update(
-                specialists=_computed({f"{j['dataset']}/{j['arch']}": j["status"] for j in spe["jobs"]}),
-                index=_computed({f"{i['dataset']}/{i['retriever']}": "cached" if i["reused"] else "written"
-                                 for i in idx["indexes"]}))
+            units.update(specialists={f"{j['dataset']}/{j['arch']}": j["status"] for j in spe["jobs"]},
+                         index={f"{i['dataset']}/{i['retriever']}": "cached" if i["reused"] else "written"
+                                for i in idx["indexes"]})
         if "evaluation" in groups:
             eval_ds = [n for n in _select(names, ("diagnosis", "vqa", "report"), "benchmark")
                        if prof["evaluation"].get("datasets") is None or n in prof["evaluation"]["datasets"]]
@@ -118,9 +113,10 @@ def benchmark(profile: str = "tiny", overrides: list[str] | None = None, out_dir
                             specialist_dirs, retrievers[0] if retrievers else None, lineage_inputs, tracking, parent)
             create_markdown_artifact(Path(ev["report_md"]).read_text(), key="gsco-benchmark-report",
                                      description=f"GSCo benchmark report ({prof['name']})")
-            stage_status["evaluation"] = _status(list(ev["predictions_status"].values()) + [ev["status"]])
-            recomputed["evaluation"] = _computed({**ev["predictions_status"], "report": ev["status"]})
+            units["evaluation"] = {**ev["predictions_status"], "report": ev["status"]}
             result.update(report=ev["report_html"], report_md=ev["report_md"])
+        result["stages"] = {stage: _status(list(u.values())) for stage, u in units.items()}
+        result["recomputed"] = {stage: sorted(n for n, s in u.items() if s not in _DONE) for stage, u in units.items()}
         status = "FINISHED" if not result["failures"] else "FAILED"
         write_json_atomic(out / "benchmark_result.json", result)  # where schedulers and tests find the latest run
         return result
@@ -143,7 +139,3 @@ def _status(statuses: list[str]) -> str:
     """'cached' when every unit of a stage was served from cache (or skipped as finished), else 'computed'."""
     return "cached" if statuses and all(s in _DONE for s in statuses) else "computed"
 
-
-def _computed(units: dict[str, str]) -> list[str]:
-    """The units of a stage (datasets, jobs, indexes, ...) that did work in this run, sorted."""
-    return sorted(name for name, s in units.items() if s not in _DONE)

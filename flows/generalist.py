@@ -1,6 +1,6 @@
 """Generalist side: base model -> DGB/DES synthesis -> instruction corpus -> LoRA fine-tuning of MedDr.
 
-    gsco run --profile tiny --stages generalist
+    gsco run --profile tiny --stage generalist
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Specialist side: the (architecture x dataset) fan-out and the RAD indexes built from their embeddings.
 
-    gsco stage specialists --profile tiny      (or as part of `gsco run`, the `benchmark` flow)
+    gsco run --profile tiny --stage specialists      (the `benchmark` flow, this stage group only)
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.futures import wait
 
 from tasks.tracking import ensure_experiment
-from tasks.specialist_jobs import DevicePool, job_dir, log_job, run_on_slot
+from tasks.specialist_jobs import DevicePool, job_specs, log_job, run_on_slot
 from tasks.rad_index import build_rad_index, log_index_run
 
 
@@ -41,11 +41,7 @@ def specialists(tables_root: str, out_dir: str, datasets: list[str], settings: d
     slots = max(1, len(devices)) if devices else int(settings.get("cpu_slots", 1))
     isolation = settings.get("isolation", "subprocess" if devices else "inprocess")
     job = specialist_job.with_options(retries=int(settings.get("retries", 1)), retry_delay_seconds=2)
-    specs = [{"tables_root": tables_root, "out_root": out_dir, "dataset": ds, "arch": arch,
-              "arch_settings": (settings.get("arch_settings") or {}).get(arch) or {},
-              "recipe": settings.get("recipe", {}), "threads": settings.get("threads"),
-              "out_dir": str(job_dir(Path(out_dir), ds, arch))}
-             for ds in datasets for arch in settings["architectures"]]
+    specs = job_specs(tables_root, out_dir, datasets, settings)
     limit_name = settings.get("concurrency_limit")
     if limit_name:
         ensure_concurrency_limit(limit_name, slots)

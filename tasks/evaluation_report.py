@@ -11,12 +11,12 @@ import mlflow
 import polars as pl
 
 from data_contracts.cards import get_card
-from data_contracts.io import read_manifest, write_json_atomic
+from data_contracts.io import write_json_atomic
 from data_contracts.predictions import validate_predictions
 from tasks.evaluate import metrics_from_predictions, predictions_digest
 from tasks.lineage import log_model_input
 from tasks.report import render_report
-from tasks.tracking import log_table, standard_tags, start_run
+from tasks.tracking import log_split_input, log_table, standard_tags, start_run
 
 
 def score_and_report(preds: list[dict], out_dir: Path, settings: dict, title: str) -> dict:
@@ -55,8 +55,7 @@ def log_evaluation_run(result: dict, lineage_inputs: dict, tracking: dict, paren
     with start_run(tracking["uri"], tracking["experiment"], "evaluation", Path(tracking["out_dir"]),
                    tags=standard_tags(tracking.get("profile"), "evaluation"), parent_run_id=parent_run_id) as run:
         for ds in result["datasets"]:
-            e = read_manifest(tables_root, ds)["splits"]["test"]
-            log_table(f"{ds}/test", e["digest"], tables_root / ds / "test", context="input")
+            log_split_input(tables_root, ds, "test")
         for name, info in lineage_inputs.get("indexes", {}).items():
             log_table(f"index/{name}", info["digest"], Path(info["uri"]), context="input",
                       tags={"gsco.lancedb.version": str(info["version"])})

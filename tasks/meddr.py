@@ -26,7 +26,7 @@ from data_contracts.io import read_manifest, read_samples, write_json_atomic
 from tasks import corpus as corpus_mod
 from tasks import prompts, synthesis
 from tasks.lineage import find_model, log_model_dir, log_model_input
-from tasks.tracking import log_table, standard_tags, start_run
+from tasks.tracking import log_split_input, log_table, standard_tags, start_run
 
 BASE_NAME, ADAPTER_NAME, MERGED_NAME = "generalist-base", "meddr-adapter", "meddr-merged"
 
@@ -167,8 +167,7 @@ def log_synthesis_run(results: list[dict], base_model_id: str | None, generator_
                 continue
             for ds, sp in r["inputs"]:
                 if (ds, sp) not in logged:
-                    e = read_manifest(tables_root, ds)["splits"][sp]
-                    log_table(f"{ds}/{sp}", e["digest"], Path(tables_root) / ds / sp, context="input")
+                    log_split_input(tables_root, ds, sp)
                     logged.add((ds, sp))
             log_table(f"synthesis/{r['kind']}", r["digest"], Path(r["path"]), context="output")
             mlflow.log_metrics({f"{r['kind']}.rows": r["rows"], f"{r['kind']}.generated": r["generated"],
@@ -209,7 +208,7 @@ def log_corpus_run(c: dict, tables_root: Path, tracking: dict, parent_run_id: st
     with start_run(tracking["uri"], tracking["experiment"], "corpus", Path(tracking["out_dir"]),
                    tags=standard_tags(tracking.get("profile"), "corpus"), parent_run_id=parent_run_id) as run:
         for ds, sp, digest in c["sources"]:
-            log_table(f"{ds}/{sp}", digest, Path(tables_root) / ds / sp, context="input")
+            log_split_input(tables_root, ds, sp, digest)
         for kind, digest in c["synthesis"].items():
             log_table(f"synthesis/{kind}", digest, Path(c["path"]).parent / "synthesis" / kind, context="input")
         log_table("corpus", c["digest"], Path(c["path"]), context="output")

@@ -17,8 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from data_contracts.io import read_manifest, read_samples
-from data_contracts.io import write_json_atomic
+from data_contracts.io import read_manifest, read_samples, write_json_atomic
 
 
 def arch_spec(name: str, settings: dict):
@@ -37,6 +36,15 @@ def arch_spec(name: str, settings: dict):
 
 def job_dir(out_root: Path, dataset: str, arch: str) -> Path:
     return Path(out_root) / "specialists" / dataset / arch
+
+
+def job_specs(tables_root: str, out_dir: str, datasets: list[str], settings: dict) -> list[dict]:
+    """One job spec per (dataset x architecture) of a profile's `specialists` settings, as `run_job` takes them."""
+    return [{"tables_root": tables_root, "out_root": out_dir, "dataset": ds, "arch": arch,
+             "arch_settings": (settings.get("arch_settings") or {}).get(arch) or {},
+             "recipe": settings.get("recipe", {}), "threads": settings.get("threads"),
+             "out_dir": str(job_dir(Path(out_dir), ds, arch))}
+            for ds in datasets for arch in settings["architectures"]]
 
 
 def run_job(spec: dict) -> dict:
@@ -117,7 +125,7 @@ def log_job(result: dict, spec: dict, tracking: dict, parent_run_id: str | None 
     """One MLflow run per job (reused when the job was skipped): params, metrics per epoch, inputs, registered model."""
     import mlflow
 
-    from tasks.tracking import log_table, standard_tags, start_run
+    from tasks.tracking import log_split_input, standard_tags, start_run
 
     out_dir = Path(result["out_dir"])
     marker = out_dir / "mlflow_run.json"
@@ -139,8 +147,7 @@ def log_job(result: dict, spec: dict, tracking: dict, parent_run_id: str | None 
         mlflow.log_metrics({k: float(v) for k, v in result["metrics"].items()})
         manifest = read_manifest(Path(spec["tables_root"]), result["dataset"])
         for split, e in manifest["splits"].items():
-            log_table(f"{result['dataset']}/{split}", e["digest"], Path(spec["tables_root"]) / result["dataset"] / split,
-                      context="input")
+            log_split_input(Path(spec["tables_root"]), result["dataset"], split, e["digest"])
         for key in ("metrics", "history", "test_predictions"):
             if key in result["artifacts"]:
                 mlflow.log_artifact(result["artifacts"][key], artifact_path="outputs")

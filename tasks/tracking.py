@@ -123,6 +123,16 @@ def log_table(name: str, digest: str, path: Path, context: str, tags: dict | Non
     mlflow.log_input(ds, context=context, tags=tags)
 
 
+def log_split_input(tables_root: Path, dataset: str, split: str, digest: str | None = None) -> None:
+    """Record the canonical table `dataset/split` as an input of the active run (digest from its manifest unless
+    given): the one name and source every stage uses for a split, so lineage joins them."""
+    from data_contracts.io import read_manifest
+
+    if digest is None:
+        digest = read_manifest(Path(tables_root), dataset)["splits"][split]["digest"]
+    log_table(f"{dataset}/{split}", digest, Path(tables_root) / dataset / split, context="input")
+
+
 def run_datasets(uri: str, run_id: str) -> list[dict]:
     """The datasets recorded on a run: name, digest, source, context."""
     run = MlflowClient(tracking_uri=uri).get_run(run_id)

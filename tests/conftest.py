@@ -55,3 +55,30 @@ def tiny_generalist_dir(tiny_tables, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("models") / "tiny-internvl"
     return build_tiny_internvl(out, tokenizer_texts(tiny_tables, list(TINY_DATASETS)), {"seed": 0})
+
+
+@pytest.fixture()
+def kill_at_validation(monkeypatch):
+    """kill(n, *train_args): run tasks.specialist.train_specialist(*train_args) and kill it (KeyboardInterrupt) in its
+    n-th validation pass, as a killed process would stop; the real validation is back in place afterwards."""
+    import tasks.specialist as sp
+
+    real = sp._evaluate
+
+    def kill(n: int, *train_args) -> None:
+        calls = {"n": 0}
+
+        def dies_on_nth_validation(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt("killed")
+            return real(*a, **k)
+
+        monkeypatch.setattr(sp, "_evaluate", dies_on_nth_validation)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                sp.train_specialist(*train_args)
+        finally:
+            monkeypatch.setattr(sp, "_evaluate", real)
+
+    return kill

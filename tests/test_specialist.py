@@ -262,23 +262,12 @@ def test_local_weights_load_except_new_head(tmp_path):
         build_model(dataclasses.replace(arch, weights_path=str(pth)), 3, 32)
 
 
-def test_killed_job_resumes_to_the_same_result(tmp_path, monkeypatch):
+def test_killed_job_resumes_to_the_same_result(tmp_path, kill_at_validation):
     data = _data(seed=7, sizes=(48, 24, 12))
     arch, recipe = tiny_arch("resnet18"), _recipe(max_epochs=4, patience=10)
     ref = train_specialist(data, arch, recipe, tmp_path / "ref")
 
-    real_evaluate, calls = sp._evaluate, {"n": 0}
-
-    def dies_on_third_validation(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed")
-        return real_evaluate(*a, **k)
-
-    monkeypatch.setattr(sp, "_evaluate", dies_on_third_validation)
-    with pytest.raises(KeyboardInterrupt):
-        train_specialist(data, arch, recipe, tmp_path / "job")
-    monkeypatch.setattr(sp, "_evaluate", real_evaluate)
+    kill_at_validation(3, data, arch, recipe, tmp_path / "job")
     assert sp.load_result(tmp_path / "job") is None and (tmp_path / "job" / "last.pt").is_file()
 
     res = train_specialist(data, arch, recipe, tmp_path / "job")

@@ -20,7 +20,7 @@ import tasks.specialist as sp
 from data_contracts.io import read_samples
 from infra.profiles import load_profile
 from tasks.specialist import Recipe, constant_baseline, tiny_arch, tiny_recipe, train_specialist
-from tasks.specialist_jobs import arch_spec, job_dir, run_job
+from tasks.specialist_jobs import arch_spec, job_specs, run_job
 
 DIAGNOSIS_SETS = ("chestmnist", "pneumoniamnist", "breastmnist", "dermnet", "ham10000")
 TINY = load_profile("tiny")["specialists"]
@@ -49,12 +49,8 @@ def test_tiny_profile_trains_what_tiny_arch_and_tiny_recipe_describe():
 def tiny_jobs(tiny_tables, tmp_path_factory):
     """All 50 tiny-profile jobs, trained as the specialists flow runs them on 2 CPU cores: the job function with the
     profile's settings, two at a time on threads of this process, one torch thread each."""
-    out = tmp_path_factory.mktemp("tiny-jobs")
-    specs = [{"tables_root": str(tiny_tables), "dataset": ds, "arch": a, "arch_settings": TINY["arch_settings"][a],
-              "recipe": TINY["recipe"], "out_dir": str(job_dir(out, ds, a))}
-             for ds in DIAGNOSIS_SETS for a in ARCH_NAMES]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(TINY["threads"])
+    specs = job_specs(str(tiny_tables), str(tmp_path_factory.mktemp("tiny-jobs")), list(DIAGNOSIS_SETS), TINY)
+    threads = torch.get_num_threads()  # each job sets the profile's 1 thread for the process
     try:
         with concurrent.futures.ThreadPoolExecutor(TINY["cpu_slots"]) as pool:
             results = list(pool.map(run_job, specs))
@@ -200,31 +196,21 @@ def _vit_epochs_as_recipe() -> sp.ArchSpec:
     return dataclasses.replace(arch, overrides={k: v for k, v in arch.overrides.items() if k != "epochs_scale"})
 
 
-def test_resumed_job_returns_an_earlier_best_epoch(tiny_data, tmp_path, monkeypatch):
+def test_resumed_job_returns_an_earlier_best_epoch(tiny_data, tmp_path, monkeypatch, kill_at_validation):
     # killed in epoch 2 after epoch 0 was the best; the resumed epochs 2-3 never beat it, so the job's result is the
     # epoch-0 checkpoint written before the kill (a resumed run must not have deleted it)
     data, arch = tiny_data["breastmnist"], _vit_epochs_as_recipe()
     recipe = tiny_recipe(max_epochs=4, patience=10, resume_every_s=0.0)
-    real_loss, real_eval = sp._loss_value, sp._evaluate
-    script, evals = [], {"n": 0}
+    real_loss, script = sp._loss_value, []
 
     def scripted_loss(*a):  # the per-epoch validation losses, then the real ones for the final metrics
         return script.pop(0) if script else real_loss(*a)
 
-    def dies_on_third_validation(*a, **k):
-        evals["n"] += 1
-        if evals["n"] == 3:
-            raise KeyboardInterrupt("killed")
-        return real_eval(*a, **k)
-
     monkeypatch.setattr(sp, "_loss_value", scripted_loss)
-    monkeypatch.setattr(sp, "_evaluate", dies_on_third_validation)
     script[:] = [1.0, 2.0]
-    with pytest.raises(KeyboardInterrupt):
-        train_specialist(data, arch, recipe, tmp_path / "job")
+    kill_at_validation(3, data, arch, recipe, tmp_path / "job")
     assert (tmp_path / "job" / "best.safetensors").is_file() and (tmp_path / "job" / "last.pt").is_file()
 
-    monkeypatch.setattr(sp, "_evaluate", real_eval)
     script[:] = [3.0, 4.0]
     res = train_specialist(data, arch, recipe, tmp_path / "job")
     assert res.status == "resumed" and res.epochs_run == 4 and res.best_epoch == 0
@@ -234,22 +220,10 @@ def test_resumed_job_returns_an_earlier_best_epoch(tiny_data, tmp_path, monkeypa
     np.testing.assert_allclose(np.load(tmp_path / "job" / "probs_test.npy"), probs, atol=1e-5)
 
 
-
-def test_resume_starts_over_when_the_best_checkpoint_is_gone(tiny_data, tmp_path, monkeypatch):
+def test_resume_starts_over_when_the_best_checkpoint_is_gone(tiny_data, tmp_path, kill_at_validation):
     data, arch = tiny_data["breastmnist"], _vit_epochs_as_recipe()
     recipe = tiny_recipe(max_epochs=3, patience=10, resume_every_s=0.0)
-    real_eval, evals = sp._evaluate, {"n": 0}
-
-    def dies_on_second_validation(*a, **k):
-        evals["n"] += 1
-        if evals["n"] == 2:
-            raise KeyboardInterrupt("killed")
-        return real_eval(*a, **k)
-
-    monkeypatch.setattr(sp, "_evaluate", dies_on_second_validation)
-    with pytest.raises(KeyboardInterrupt):
-        train_specialist(data, arch, recipe, tmp_path / "job")
-    monkeypatch.setattr(sp, "_evaluate", real_eval)
+    kill_at_validation(2, data, arch, recipe, tmp_path / "job")
     (tmp_path / "job" / "best.safetensors").unlink()
     res = train_specialist(data, arch, recipe, tmp_path / "job")
     assert res.status == "trained" and res.epochs_run == 3
