@@ -69,7 +69,7 @@ class SplitSpec(_Strict):
 
 
 class RawSpec(_Strict):
-    """Where the raw files lie under `<data_root>/<dir>` and how the loader maps them (see tasks/loaders)."""
+    """Where the raw files lie under `<data_root>/<dir>` and how the loader maps them (see tasks/ingest/loaders)."""
     format: RawFormat
     dir: str                                   # folder under the data root, e.g. "ham10000"
     files: list[str] = Field(default_factory=list)  # files / globs that must exist (relative to dir), for `validate`

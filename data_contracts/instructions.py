@@ -3,44 +3,45 @@
     from data_contracts.instructions import INSTRUCTIONS_SCHEMA, validate_instructions
     OMP_NUM_THREADS=1 pytest -q tests/test_finetune.py
 
-Written by tasks/corpus.py as Parquet shards, read by tasks/finetune.py. The pyarrow schema fixes the physical layout
-(column order is the corpus writer's); the pandera (polars backend) model checks meaning.
+Written by tasks/generalist/corpus.py as Parquet shards, read by tasks/generalist/finetune/data.py. The pyarrow
+schema fixes the physical layout (column order is the corpus writer's); the pandera (polars backend) model checks
+meaning.
 """
 from __future__ import annotations
 
-import pandera.polars as pa
 import polars as pl
-import pyarrow as pa_arrow
+import pyarrow as pa
+from pandera.polars import DataFrameModel, Field
 
 from data_contracts.errors import ContractError
 
 SPLITS = ("train", "val")  # benchmark test splits never enter the corpus
 TASK_KINDS = ("diagnosis", "vqa", "report", "dgb", "des")
 
-INSTRUCTIONS_SCHEMA = pa_arrow.schema([
-    pa_arrow.field("sample_id", pa_arrow.string(), nullable=False),
-    pa_arrow.field("image", pa_arrow.binary(), nullable=False),             # PNG or JPEG bytes
-    pa_arrow.field("instruction", pa_arrow.string(), nullable=False),       # Fig. A3 template, without chat markup
-    pa_arrow.field("answer", pa_arrow.string(), nullable=False),
-    pa_arrow.field("source_dataset", pa_arrow.string(), nullable=False),
-    pa_arrow.field("task_kind", pa_arrow.string(), nullable=False),
-    pa_arrow.field("split", pa_arrow.string(), nullable=False),
+INSTRUCTIONS_SCHEMA = pa.schema([
+    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("image", pa.binary(), nullable=False),             # PNG or JPEG bytes
+    pa.field("instruction", pa.string(), nullable=False),       # Fig. A3 template, without chat markup
+    pa.field("answer", pa.string(), nullable=False),
+    pa.field("source_dataset", pa.string(), nullable=False),
+    pa.field("task_kind", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
 ], metadata={"gsco.contract": "instructions", "gsco.schema_version": "1"})
 
 COLUMNS = tuple(INSTRUCTIONS_SCHEMA.names)
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
 
-class InstructionsModel(pa.DataFrameModel):
+class InstructionsModel(DataFrameModel):
     """What an instruction row means; `image_ok` stands in for `image` (pandera cannot report binary failures)."""
 
-    sample_id: str = pa.Field(unique=True, str_length={"min_value": 1})
-    image_ok: bool = pa.Field(isin=[True])
-    instruction: str = pa.Field(str_matches=r"\S")
-    answer: str = pa.Field(str_matches=r"\S")
-    source_dataset: str = pa.Field(str_length={"min_value": 1})
-    task_kind: str = pa.Field(isin=list(TASK_KINDS))
-    split: str = pa.Field(isin=list(SPLITS))
+    sample_id: str = Field(unique=True, str_length={"min_value": 1})
+    image_ok: bool = Field(isin=[True])
+    instruction: str = Field(str_matches=r"\S")
+    answer: str = Field(str_matches=r"\S")
+    source_dataset: str = Field(str_length={"min_value": 1})
+    task_kind: str = Field(isin=list(TASK_KINDS))
+    split: str = Field(isin=list(SPLITS))
 
     class Config:
         strict = True
@@ -84,8 +85,3 @@ def validate_instructions(df: pl.DataFrame, where: str = "<table>", check_images
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise ContractError(f"{where}: {len(problems)} instructions contract violation(s):\n  {shown}{more}",
                             problems=problems) from None
-
-
-def empty_instructions() -> pl.DataFrame:
-    """An empty instructions frame with the canonical polars dtypes."""
-    return pl.from_arrow(INSTRUCTIONS_SCHEMA.empty_table())

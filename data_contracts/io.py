@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import struct
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_contracts.errors import ContractError
+from data_contracts.files import file_sha256, swap_in, temporary_sibling, write_json_atomic
 from data_contracts.samples import COLUMNS, SAMPLES_SCHEMA, SCHEMA_VERSION, SPLITS, validate_samples
 
 MANIFEST = "_dataset.json"
@@ -92,20 +91,6 @@ def to_arrow(df: pl.DataFrame) -> pa.Table:
     return df.select(COLUMNS).to_arrow().cast(SAMPLES_SCHEMA)
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to a temporary name, then rename over `path`."""
-    _fsync_write(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
 class DatasetWriter:
     """Writes all splits of one dataset into a temporary folder; swaps it into place only on success.
 
@@ -118,7 +103,7 @@ class DatasetWriter:
         self.root = Path(tables_root)
         self.dataset = dataset
         self.final = self.root / dataset
-        self.tmp = self.root / f".tmp-{dataset}-{uuid.uuid4().hex[:8]}"
+        self.tmp = temporary_sibling(self.final)
         self.meta = dict(meta or {})
         self.target = target_shard_bytes
         self._state: dict[str, dict] = {}
@@ -166,7 +151,7 @@ class DatasetWriter:
         if st["writer"] is not None:
             st["writer"].close()
             p = self.tmp / split / st["shards"][-1]["file"]
-            st["shards"][-1].update(rows=st["rows"], bytes=p.stat().st_size, sha256=_file_sha256(p))
+            st["shards"][-1].update(rows=st["rows"], bytes=p.stat().st_size, sha256=file_sha256(p))
         st["writer"], st["bytes"], st["rows"] = None, 0, 0
 
     def write_split(self, split: str, chunks: Iterable[pl.DataFrame] | pl.DataFrame) -> None:
@@ -199,33 +184,19 @@ class DatasetWriter:
         manifest = {"dataset": self.dataset, "contract": "samples", "schema_version": SCHEMA_VERSION,
                     "splits": self.splits, "rejects": self.rejects, "meta": self.meta}
         write_json_atomic(self.tmp / MANIFEST, manifest)
-        old = None
-        if self.final.exists():
-            old = self.root / f".old-{self.dataset}-{uuid.uuid4().hex[:8]}"
-            os.replace(self.final, old)
-        os.replace(self.tmp, self.final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_in(self.tmp, self.final)
 
 
 def recover(tables_root: Path, dataset: str) -> None:
     """Finish or undo a swap that a killed run left half-done; drop stale temporary folders of `dataset`."""
     root = Path(tables_root)
     final = root / dataset
-    olds = sorted(root.glob(f".old-{dataset}-*"))
+    olds = sorted(root.glob(f".{dataset}.old-*"), key=lambda p: p.stat().st_mtime_ns)
     if not final.exists() and olds:
-        os.replace(olds[-1], final)
+        olds[-1].replace(final)  # killed between the two renames of swap_in: the old tables come back
         olds = olds[:-1]
-    for p in olds + list(root.glob(f".tmp-{dataset}-*")):
+    for p in olds + list(root.glob(f".{dataset}.tmp-*")):
         shutil.rmtree(p, ignore_errors=True)
-
-
-def _file_sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_manifest(tables_root: Path, dataset: str) -> dict | None:

@@ -10,35 +10,36 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-import pandera.polars as pa
 import polars as pl
-import pyarrow as pa_arrow
+import pyarrow as pa
+from pandera.polars import DataFrameModel, Field, PolarsData, dataframe_check
 from PIL import Image
 
+from data_contracts.layout import SPLITS
+
 SCHEMA_VERSION = 1
-SPLITS = ("train", "val", "test")
 TASK_KINDS = ("diagnosis", "vqa", "report", "description")
 TASK_TYPES = ("binary", "multiclass", "multilabel", "open", "closed", "multiple-choice")
 IMAGE_FORMATS = ("PNG", "JPEG")
 
-SAMPLES_SCHEMA = pa_arrow.schema([
-    pa_arrow.field("sample_id", pa_arrow.string(), nullable=False),
-    pa_arrow.field("dataset", pa_arrow.string(), nullable=False),
-    pa_arrow.field("split", pa_arrow.string(), nullable=False),
-    pa_arrow.field("task_kind", pa_arrow.string(), nullable=False),
-    pa_arrow.field("task_type", pa_arrow.string(), nullable=False),
-    pa_arrow.field("modality", pa_arrow.string(), nullable=False),
-    pa_arrow.field("image", pa_arrow.binary(), nullable=False),
-    pa_arrow.field("image_format", pa_arrow.string(), nullable=False),
-    pa_arrow.field("image_width", pa_arrow.int32(), nullable=False),
-    pa_arrow.field("image_height", pa_arrow.int32(), nullable=False),
-    pa_arrow.field("labels", pa_arrow.list_(pa_arrow.string()), nullable=False),
-    pa_arrow.field("label_set", pa_arrow.list_(pa_arrow.string()), nullable=False),
-    pa_arrow.field("question", pa_arrow.string(), nullable=True),
-    pa_arrow.field("answer", pa_arrow.string(), nullable=True),
-    pa_arrow.field("answer_type", pa_arrow.string(), nullable=True),
-    pa_arrow.field("text", pa_arrow.string(), nullable=True),
-    pa_arrow.field("source_path", pa_arrow.string(), nullable=False),
+SAMPLES_SCHEMA = pa.schema([
+    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("task_kind", pa.string(), nullable=False),
+    pa.field("task_type", pa.string(), nullable=False),
+    pa.field("modality", pa.string(), nullable=False),
+    pa.field("image", pa.binary(), nullable=False),
+    pa.field("image_format", pa.string(), nullable=False),
+    pa.field("image_width", pa.int32(), nullable=False),
+    pa.field("image_height", pa.int32(), nullable=False),
+    pa.field("labels", pa.list_(pa.string()), nullable=False),
+    pa.field("label_set", pa.list_(pa.string()), nullable=False),
+    pa.field("question", pa.string(), nullable=True),
+    pa.field("answer", pa.string(), nullable=True),
+    pa.field("answer_type", pa.string(), nullable=True),
+    pa.field("text", pa.string(), nullable=True),
+    pa.field("source_path", pa.string(), nullable=False),
 ], metadata={"gsco.contract": "samples", "gsco.schema_version": str(SCHEMA_VERSION)})
 
 COLUMNS = tuple(SAMPLES_SCHEMA.names)
@@ -68,48 +69,48 @@ def _images_decode(df: pl.DataFrame) -> pl.Series:
     return pl.Series(out, dtype=pl.Boolean)
 
 
-class SamplesModel(pa.DataFrameModel):
+class SamplesModel(DataFrameModel):
     """What a samples row means; every check is element-wise so failure cases point at rows."""
 
-    sample_id: str = pa.Field(unique=True, str_length={"min_value": 1})
-    dataset: str = pa.Field(str_length={"min_value": 1})
-    split: str = pa.Field(isin=list(SPLITS))
-    task_kind: str = pa.Field(isin=list(TASK_KINDS))
-    task_type: str = pa.Field(isin=list(TASK_TYPES))
-    modality: str = pa.Field(str_length={"min_value": 1})
-    image_decodes: bool = pa.Field(isin=[True])  # stands in for `image`: pandera cannot report binary failure cases
-    image_format: str = pa.Field(isin=list(IMAGE_FORMATS))
-    image_width: pl.Int32 = pa.Field(gt=0)
-    image_height: pl.Int32 = pa.Field(gt=0)
-    labels: pl.List(pl.Utf8) = pa.Field()
-    label_set: pl.List(pl.Utf8) = pa.Field()
-    question: str = pa.Field(nullable=True)
-    answer: str = pa.Field(nullable=True)
-    answer_type: str = pa.Field(nullable=True)
-    text: str = pa.Field(nullable=True)
-    source_path: str = pa.Field(str_length={"min_value": 1})
+    sample_id: str = Field(unique=True, str_length={"min_value": 1})
+    dataset: str = Field(str_length={"min_value": 1})
+    split: str = Field(isin=list(SPLITS))
+    task_kind: str = Field(isin=list(TASK_KINDS))
+    task_type: str = Field(isin=list(TASK_TYPES))
+    modality: str = Field(str_length={"min_value": 1})
+    image_decodes: bool = Field(isin=[True])  # stands in for `image`: pandera cannot report binary failure cases
+    image_format: str = Field(isin=list(IMAGE_FORMATS))
+    image_width: pl.Int32 = Field(gt=0)
+    image_height: pl.Int32 = Field(gt=0)
+    labels: pl.List(pl.Utf8) = Field()
+    label_set: pl.List(pl.Utf8) = Field()
+    question: str = Field(nullable=True)
+    answer: str = Field(nullable=True)
+    answer_type: str = Field(nullable=True)
+    text: str = Field(nullable=True)
+    source_path: str = Field(str_length={"min_value": 1})
 
     class Config:
         strict = True
         coerce = False
 
-    @pa.dataframe_check(element_wise=False, error="labels must be non-empty and within label_set (diagnosis rows)")
-    def labels_in_label_set(cls, data: pa.PolarsData) -> pl.LazyFrame:
+    @dataframe_check(element_wise=False, error="labels must be non-empty and within label_set (diagnosis rows)")
+    def labels_in_label_set(cls, data: PolarsData) -> pl.LazyFrame:
         diag = pl.col("task_kind") == "diagnosis"
         within = pl.col("labels").list.set_difference(pl.col("label_set")).list.len() == 0
         nonempty = pl.col("labels").list.len() > 0
         single = pl.col("task_type").is_in(["binary", "multiclass"]).not_() | (pl.col("labels").list.len() == 1)
         return data.lazyframe.select(((~diag) | (within & nonempty & single)).alias("ok"))
 
-    @pa.dataframe_check(error="vqa rows need a non-empty question and answer")
-    def vqa_has_qa(cls, data: pa.PolarsData) -> pl.LazyFrame:
+    @dataframe_check(error="vqa rows need a non-empty question and answer")
+    def vqa_has_qa(cls, data: PolarsData) -> pl.LazyFrame:
         vqa = pl.col("task_kind") == "vqa"
         ok = (pl.col("question").str.strip_chars().str.len_chars().fill_null(0) > 0) & (
             pl.col("answer").str.strip_chars().str.len_chars().fill_null(0) > 0)
         return data.lazyframe.select(((~vqa) | ok).alias("ok"))
 
-    @pa.dataframe_check(error="report/description rows need non-empty text")
-    def text_present(cls, data: pa.PolarsData) -> pl.LazyFrame:
+    @dataframe_check(error="report/description rows need non-empty text")
+    def text_present(cls, data: PolarsData) -> pl.LazyFrame:
         needs = pl.col("task_kind").is_in(["report", "description"])
         ok = pl.col("text").str.strip_chars().str.len_chars().fill_null(0) > 0
         return data.lazyframe.select(((~needs) | ok).alias("ok"))
@@ -185,8 +186,3 @@ def validate_samples(df: pl.DataFrame, where: str = "<table>") -> None:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise ContractError(f"{where}: {len(problems)} samples contract violation(s):\n  {shown}{more}",
                             problems=problems)
-
-
-def empty_samples() -> pl.DataFrame:
-    """An empty samples frame with the canonical polars dtypes."""
-    return pl.from_arrow(SAMPLES_SCHEMA.empty_table())

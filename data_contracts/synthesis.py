@@ -1,51 +1,51 @@
-"""The `synthesis` table: generated DGB reports and DES descriptions, with the prompt, generator and settings.
+"""The `synthesis` table: generated DGB reports and DES descriptions, with the prompt, generalist and settings.
 
     from data_contracts.synthesis import SYNTHESIS_SCHEMA, validate_synthesis
 """
 from __future__ import annotations
 
-import pandera.polars as pa
 import polars as pl
-import pyarrow as pa_arrow
+import pyarrow as pa
+from pandera.polars import DataFrameModel, Field
 
 from data_contracts.errors import ContractError
 
 SYNTHESIS_KINDS = ("dgb", "des")
 
-SYNTHESIS_SCHEMA = pa_arrow.schema([
-    pa_arrow.field("sample_id", pa_arrow.string(), nullable=False),         # "<kind>:<source sample id>"
-    pa_arrow.field("source_sample_id", pa_arrow.string(), nullable=False),
-    pa_arrow.field("dataset", pa_arrow.string(), nullable=False),
-    pa_arrow.field("split", pa_arrow.string(), nullable=False),
-    pa_arrow.field("kind", pa_arrow.string(), nullable=False),
-    pa_arrow.field("modality", pa_arrow.string(), nullable=False),
-    pa_arrow.field("image", pa_arrow.binary(), nullable=False),
-    pa_arrow.field("image_format", pa_arrow.string(), nullable=False),
-    pa_arrow.field("prompt", pa_arrow.string(), nullable=False),
-    pa_arrow.field("raw_output", pa_arrow.string(), nullable=False),        # what the generator returned
-    pa_arrow.field("output", pa_arrow.string(), nullable=False),            # after the post-filter (DES)
-    pa_arrow.field("removals", pa_arrow.int32(), nullable=False),           # identifying spans removed
-    pa_arrow.field("removed_kinds", pa_arrow.list_(pa_arrow.string()), nullable=False),
-    pa_arrow.field("generator", pa_arrow.string(), nullable=False),         # generator id incl. weights digest
-    pa_arrow.field("settings", pa_arrow.string(), nullable=False),          # generation settings, JSON
+SYNTHESIS_SCHEMA = pa.schema([
+    pa.field("sample_id", pa.string(), nullable=False),         # "<kind>:<source sample id>"
+    pa.field("source_sample_id", pa.string(), nullable=False),
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("modality", pa.string(), nullable=False),
+    pa.field("image", pa.binary(), nullable=False),
+    pa.field("image_format", pa.string(), nullable=False),
+    pa.field("prompt", pa.string(), nullable=False),
+    pa.field("raw_output", pa.string(), nullable=False),        # what the generalist returned
+    pa.field("output", pa.string(), nullable=False),            # after the post-filter (DES)
+    pa.field("removals", pa.int32(), nullable=False),           # identifying spans removed
+    pa.field("removed_kinds", pa.list_(pa.string()), nullable=False),
+    pa.field("generalist", pa.string(), nullable=False),        # generalist id incl. weights digest
+    pa.field("settings", pa.string(), nullable=False),          # generation settings, JSON
 ], metadata={"gsco.contract": "synthesis", "gsco.schema_version": "1"})
 
 
-class SynthesisModel(pa.DataFrameModel):
-    sample_id: str = pa.Field(unique=True, str_length={"min_value": 1})
-    source_sample_id: str = pa.Field(str_length={"min_value": 1})
-    dataset: str = pa.Field()
-    split: str = pa.Field(isin=["train", "val", "test"])
-    kind: str = pa.Field(isin=list(SYNTHESIS_KINDS))
-    modality: str = pa.Field()
-    image_format: str = pa.Field(isin=["PNG", "JPEG"])
-    prompt: str = pa.Field(str_length={"min_value": 1})
-    raw_output: str = pa.Field()
-    output: str = pa.Field()
-    removals: pl.Int32 = pa.Field(ge=0)
-    removed_kinds: pl.List(pl.Utf8) = pa.Field()
-    generator: str = pa.Field(str_length={"min_value": 1})
-    settings: str = pa.Field(str_length={"min_value": 2})
+class SynthesisModel(DataFrameModel):
+    sample_id: str = Field(unique=True, str_length={"min_value": 1})
+    source_sample_id: str = Field(str_length={"min_value": 1})
+    dataset: str = Field()
+    split: str = Field(isin=["train", "val", "test"])
+    kind: str = Field(isin=list(SYNTHESIS_KINDS))
+    modality: str = Field()
+    image_format: str = Field(isin=["PNG", "JPEG"])
+    prompt: str = Field(str_length={"min_value": 1})
+    raw_output: str = Field()
+    output: str = Field()
+    removals: pl.Int32 = Field(ge=0)
+    removed_kinds: pl.List(pl.Utf8) = Field()
+    generalist: str = Field(str_length={"min_value": 1})
+    settings: str = Field(str_length={"min_value": 2})
 
     class Config:
         strict = "filter"

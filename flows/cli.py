@@ -1,8 +1,10 @@
 """The `gsco` command: the main job, the stages, and the dataset registry.
 
     gsco run --profile tiny                  # the main job on the embedded tiny profile
+    gsco run --profile tiny --set finetune.max_steps=50 --stage generalist
+    gsco lineage RUN_ID --out outputs/tiny
     gsco datasets list | show NAME | validate NAME PATH
-    gsco tiny-data DIR
+    gsco tiny-benchmark DIR
     gsco ingest --data-root DIR --out DIR
 """
 from __future__ import annotations
@@ -25,9 +27,11 @@ console = Console(width=None if __import__("sys").stdout.isatty() else 200)
 
 def _prefect_env(out_dir: Path) -> None:
     """Give each outputs folder its own Prefect home unless the user points at a server or home already."""
+    from data_contracts.layout import RunLayout
+
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
-        home = Path(out_dir).resolve() / ".prefect"
+        home = RunLayout(Path(out_dir)).prefect_home
         home.mkdir(parents=True, exist_ok=True)
         os.environ["PREFECT_HOME"] = str(home)
 
@@ -73,7 +77,7 @@ def datasets_show(name: str) -> None:
 def datasets_validate(name: str, path: Path, show: int = typer.Option(10, help="problems to list")) -> None:
     """Check a local copy (a data root holding the card's raw.dir, or that folder itself) against the card."""
     from data_contracts.cards import get_card
-    from tasks.validate import validate_local_copy
+    from tasks.ingest.validate import validate_local_copy
 
     card = get_card(name)
     report = validate_local_copy(card, path)
@@ -82,10 +86,10 @@ def datasets_validate(name: str, path: Path, show: int = typer.Option(10, help="
     raise typer.Exit(0 if report.ok else 1)
 
 
-@app.command("tiny-data")
-def tiny_data(out: Path, seed: int = 0, scale: float = 1.0) -> None:
-    """Write the tiny synthetic benchmark (look-alikes in the real raw formats) under OUT."""
-    from tasks.tiny_data import generate_tiny_benchmark
+@app.command("tiny-benchmark")
+def tiny_benchmark(out: Path, seed: int = 0, scale: float = 1.0) -> None:
+    """Write the tiny benchmark (look-alikes of the paper's datasets in their real raw formats) under OUT."""
+    from tasks.ingest.tiny_benchmark import generate_tiny_benchmark
 
     written = generate_tiny_benchmark(out, seed=seed, scale=scale)
     for name, d in written.items():
@@ -97,15 +101,19 @@ def ingest_cmd(data_root: Path = typer.Option(..., help="folder holding one fold
                out: Path = typer.Option(Path("outputs/local"), help="outputs folder (tables, MLflow store)"),
                dataset: list[str] = typer.Option(None, help="only these datasets (repeatable)"),
                policy: str = typer.Option("fail", help="fail | quarantine"),
-               tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default: SQLite in OUT)"),
+               uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow URI (default: SQLite in OUT)"),
                experiment: str = "gsco") -> None:
     """Load, validate and write canonical tables for every dataset present under DATA_ROOT."""
+    from data_contracts.layout import RunLayout
+    from tasks.tracking import Tracking, tracking_uri
+
     _prefect_env(out)
     from flows.ingest import ingest
 
-    res = ingest(str(data_root), str(out), datasets=dataset or None, policy=policy, tracking_uri=tracking_uri,
-                 experiment=experiment)
-    _print_ingest(res, out, tracking_uri)
+    layout = RunLayout(out)
+    tracking = Tracking(uri=tracking_uri(layout, uri), experiment=experiment, out_dir=str(layout.root))
+    res = ingest(str(data_root), str(layout.root), tracking, datasets=dataset or None, policy=policy)
+    _print_ingest(res, tracking.uri)
 
 
 @app.command("run")
@@ -115,10 +123,16 @@ def run(profile: str = typer.Option("tiny", help="profile name (infra/profiles) 
         stage: list[str] = typer.Option(None, help="only these stage groups (ingest, generalist, specialists, "
                                                    "evaluation) and what they read; repeatable")) -> None:
     """The main job: the `benchmark` flow (every stage, each served from cache when unchanged) on a profile."""
-    from infra.profiles import load_profile
+    from infra.profiles import ProfileError, load_profile
+    from tasks.plan import stage_groups
 
-    prof = load_profile(profile, set_ or [])
-    out_dir = Path(out or prof["outputs"]["dir"]).resolve()
+    try:  # the whole profile is checked before anything starts: a bad key or value fails in a second
+        prof = load_profile(profile, set_ or [])
+        stage_groups(stage or None)
+    except (ProfileError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    out_dir = Path(out or prof.outputs.dir).resolve()
     _prefect_env(out_dir)
     from flows.benchmark import benchmark
 
@@ -146,15 +160,16 @@ def run(profile: str = typer.Option("tiny", help="profile name (infra/profiles) 
 
 @app.command("lineage")
 def lineage_cmd(run_id: str, out: Path = typer.Option(Path("outputs/tiny"), help="outputs folder of the run"),
-                tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default: SQLite in OUT)"),
+                uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow URI (default: SQLite in OUT)"),
                 as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """The chain from a benchmark run back to datasets, corpus, adapter, specialists and index versions (MLflow)."""
     import json
 
+    from data_contracts.layout import RunLayout
     from tasks.lineage import lineage
-    from tasks.tracking import tracking_uri as default_uri
+    from tasks.tracking import tracking_uri
 
-    tree = lineage(tracking_uri or default_uri(out, None), run_id)
+    tree = lineage(tracking_uri(RunLayout(out), uri), run_id)
     if as_json:
         print(json.dumps(tree, indent=2))
         return
@@ -168,9 +183,7 @@ def lineage_cmd(run_id: str, out: Path = typer.Option(Path("outputs/tiny"), help
             console.print(f"  output model   {m['name']:32s} digest {m['digest']}  ({m['model_id']})")
 
 
-def _print_ingest(res: dict, out: Path, uri: Optional[str]) -> None:
-    from tasks.tracking import tracking_uri
-
+def _print_ingest(res: dict, store: str) -> None:
     t = Table(title="canonical tables")
     for col in ("dataset", "status", "splits (rows)", "rejects"):
         t.add_column(col)
@@ -179,7 +192,6 @@ def _print_ingest(res: dict, out: Path, uri: Optional[str]) -> None:
                   str(r["rejects"]))
     console.print(t)
     counts = Counter(r["status"] for r in res["results"])
-    store = tracking_uri(Path(out), uri)
     console.print(f"tables:     {res['tables_root']}   ({dict(counts)})")
     console.print(f"MLflow run: {res['run_id']}  store {store}")
     console.print(f"MLflow UI:  mlflow ui --backend-store-uri {store}  (then open http://127.0.0.1:5000)")

@@ -8,37 +8,41 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from tasks import meddr
-from tasks.evaluate import evaluate_dataset
-from tasks.evaluation_report import log_evaluation_run, score_and_report
+from data_contracts.layout import RunLayout
+from tasks.evaluation import stage
+from tasks.evaluation.settings import EvaluationSettings
+from tasks.generalist.backends import generalist_for
+from tasks.generalist.settings import GeneralistSettings
+from tasks.tracking import Tracking
 
 
 @task(name="evaluate-dataset", task_run_name="evaluate-{dataset}")
-def evaluate_one(dataset: str, tables_root: str, out_dir: str, model: dict, generalist: dict, settings: dict,
-                 specialist_dirs: dict, retriever: str | None) -> dict:
-    generator = meddr.LazyGeneralist(model["path"], model["digest"], generalist) \
-        if generalist.get("backend", "transformers") == "transformers" else meddr.generator_for(model, generalist)
-    return {**evaluate_dataset(dataset, tables_root, out_dir, generator, settings, specialist_dirs, retriever),
-            "generator": generator.id}
+def evaluate_dataset(dataset: str, out_dir: str, model: dict, generalist: GeneralistSettings,
+                     settings: EvaluationSettings, jobs: dict[str, dict], retriever_job: dict | None) -> dict:
+    g = generalist_for(model, generalist)
+    return {**stage.predict_dataset(dataset, RunLayout(Path(out_dir)), g, settings, jobs, retriever_job),
+            "generalist": g.id}
 
 
 @task(name="score-and-report")
-def score(preds: list[dict], out_dir: str, settings: dict, title: str) -> dict:
-    return score_and_report(preds, Path(out_dir), settings, title)
+def score(preds: list[dict], out_dir: str, settings: EvaluationSettings) -> dict:
+    return stage.score_and_report(preds, RunLayout(Path(out_dir)), settings)
 
 
-@task(name="log-evaluation")
-def log_eval(result: dict, lineage_inputs: dict, tracking: dict, parent_run_id: str | None) -> str:
-    return log_evaluation_run(result, lineage_inputs, tracking, parent_run_id)
+@task(name="record-evaluation")
+def record(result: dict, lineage_inputs: dict, tracking: Tracking) -> str:
+    return stage.record_evaluation(result, lineage_inputs, tracking)
 
 
 @flow(name="evaluation")
-def evaluation(tables_root: str, out_dir: str, datasets: list[str], model: dict, generalist: dict, settings: dict,
-               specialist_dirs: dict[str, dict[str, str]], retriever: str | None, lineage_inputs: dict,
-               tracking: dict, parent_run_id: str | None = None) -> dict:
-    """Predictions per dataset (sequential: generation holds the device), then metrics, report and MLflow run."""
-    preds = [evaluate_one(ds, tables_root, out_dir, model, generalist, settings, specialist_dirs.get(ds, {}),
-                          retriever if specialist_dirs.get(ds) else None) for ds in datasets]
-    result = score(preds, out_dir, settings, settings.get("title", "GSCo benchmark"))
-    result["run_id"] = log_eval(result, lineage_inputs, tracking, parent_run_id)
-    return result
+def evaluation(out_dir: str, datasets: list[str], model: dict, generalist: GeneralistSettings,
+               settings: EvaluationSettings, jobs: dict[str, dict[str, dict]], retriever: str | None,
+               lineage_inputs: dict, tracking: Tracking) -> dict:
+    """Predictions per dataset (sequential: generation holds the device), then metrics, report and MLflow run.
+
+    `model`: the merged MedDr {"path", "digest"}; `jobs`: dataset -> arch -> specialist job summary; `retriever`:
+    the architecture whose RAD table is searched (None: no RAD arms)."""
+    preds = [evaluate_dataset(ds, out_dir, model, generalist, settings, jobs.get(ds, {}),
+                              jobs.get(ds, {}).get(retriever) if retriever else None) for ds in datasets]
+    result = score(preds, out_dir, settings)
+    return {**result, "run_id": record(result, lineage_inputs, tracking)}

@@ -8,68 +8,67 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from tasks import meddr
+from data_contracts.layout import RunLayout
+from tasks.generalist import stage
+from tasks.generalist.backends import generalist_for
+from tasks.generalist.settings import (CorpusSettings, FinetuneSettings, GeneralistSettings, SynthesisKindSettings,
+                                       SynthesisSettings)
+from tasks.tracking import Tracking
 
 
 @task(name="generalist-base")
-def base_model(settings: dict, tables_root: str, datasets: list[str], out_dir: str, tracking: dict,
-               parent_run_id: str | None) -> dict:
-    base = meddr.prepare_base(settings, Path(tables_root), datasets, Path(out_dir))
-    base["model_id"] = meddr.log_base_run(base, tracking, parent_run_id)
-    return base
+def base_model(settings: GeneralistSettings, out_dir: str, datasets: list[str], tracking: Tracking) -> dict:
+    base = stage.prepare_base(settings, RunLayout(Path(out_dir)), datasets)
+    return {**base, "model_id": stage.record_base(base, tracking)}
 
 
 @task(name="synthesize", task_run_name="synthesize-{kind}")
-def synthesize(kind: str, tables_root: str, datasets: list[str], base: dict, generalist: dict, settings: dict,
-               out_dir: str) -> dict:
-    generator = meddr.generator_for(base, generalist)
-    return {**meddr.run_synthesis(kind, Path(tables_root), datasets, generator, settings, Path(out_dir)),
-            "generator": generator.id}
+def synthesize(kind: str, out_dir: str, datasets: list[str], base: dict, generalist: GeneralistSettings,
+               settings: SynthesisKindSettings) -> dict:
+    g = generalist_for(base, generalist)
+    return {**stage.run_synthesis(kind, RunLayout(Path(out_dir)), datasets, g, settings), "generalist": g.id}
 
 
-@task(name="log-synthesis")
-def log_synthesis(results: list[dict], base: dict, tables_root: str, tracking: dict, parent_run_id: str | None) -> str:
-    gen = next((r["generator"] for r in results if "generator" in r), "")
-    return meddr.log_synthesis_run(results, base.get("model_id"), gen, Path(tables_root), tracking, parent_run_id)
+@task(name="record-synthesis")
+def record_synthesis(results: list[dict], base: dict, out_dir: str, tracking: Tracking) -> str:
+    gid = next((r["generalist"] for r in results if "generalist" in r), "")
+    return stage.record_synthesis(results, base.get("model_id"), gid, RunLayout(Path(out_dir)), tracking)
 
 
 @flow(name="synthesis")
-def synthesis(tables_root: str, out_dir: str, datasets: list[str], base: dict, generalist: dict, settings: dict,
-              tracking: dict, parent_run_id: str | None = None) -> dict:
+def synthesis(out_dir: str, datasets: list[str], base: dict, generalist: GeneralistSettings,
+              settings: SynthesisSettings, tracking: Tracking) -> dict:
     """DGB reports and DES descriptions from the base generalist (batched, resumable, cached)."""
-    results = [synthesize(kind, tables_root, datasets, base, generalist, settings[kind], out_dir)
-               for kind in ("dgb", "des") if settings.get(kind) is not None]
-    run_id = log_synthesis(results, base, tables_root, tracking, parent_run_id)
-    return {"results": results, "run_id": run_id}
+    results = [synthesize(kind, out_dir, datasets, base, generalist, getattr(settings, kind))
+               for kind in ("dgb", "des") if getattr(settings, kind) is not None]
+    return {"results": results, "run_id": record_synthesis(results, base, out_dir, tracking)}
 
 
 @task(name="assemble-corpus")
-def assemble(tables_root: str, datasets: list[str], synth: list[dict], settings: dict, out_dir: str,
-             tracking: dict, parent_run_id: str | None) -> dict:
-    c = meddr.build_corpus(Path(tables_root), datasets, synth, settings, Path(out_dir))
-    c["run_id"] = meddr.log_corpus_run(c, Path(tables_root), tracking, parent_run_id)
-    return c
+def assemble(out_dir: str, datasets: list[str], synth: list[dict], settings: CorpusSettings,
+             tracking: Tracking) -> dict:
+    layout = RunLayout(Path(out_dir))
+    c = stage.build_corpus(layout, datasets, synth, settings)
+    return {**c, "run_id": stage.record_corpus(c, layout, tracking)}
 
 
 @flow(name="corpus")
-def corpus(tables_root: str, out_dir: str, datasets: list[str], synth: list[dict], settings: dict, tracking: dict,
-           parent_run_id: str | None = None) -> dict:
+def corpus(out_dir: str, datasets: list[str], synth: list[dict], settings: CorpusSettings, tracking: Tracking) -> dict:
     """CLS + MRG + VQA + DGB + DES rows rendered with the Fig. A3 templates into Parquet shards + manifest."""
-    return assemble(tables_root, datasets, synth, settings, out_dir, tracking, parent_run_id)
+    return assemble(out_dir, datasets, synth, settings, tracking)
 
 
 @task(name="lora-finetune")
-def lora_finetune(base: dict, corpus_result: dict, settings: dict, out_dir: str, tracking: dict,
-                  parent_run_id: str | None) -> dict:
-    ft = meddr.run_finetune(base, corpus_result, settings, Path(out_dir))
-    logged = meddr.log_finetune_run(ft, base.get("model_id"), corpus_result, tracking, parent_run_id)
-    return {"status": ft["status"], "path": ft["path"], **logged,
+def lora_finetune(base: dict, corpus_result: dict, settings: FinetuneSettings, out_dir: str,
+                  tracking: Tracking) -> dict:
+    ft = stage.run_finetune(base, corpus_result, settings, RunLayout(Path(out_dir)))
+    recorded = stage.record_finetune(ft, base.get("model_id"), corpus_result, tracking)
+    return {"status": ft["status"], "path": ft["path"], **recorded,
             "final_loss": ft["payload"]["metrics"].get("final_loss"),
             "first_loss": ft["payload"]["metrics"].get("first_loss")}
 
 
 @flow(name="finetune")
-def finetune(base: dict, corpus_result: dict, settings: dict, out_dir: str, tracking: dict,
-             parent_run_id: str | None = None) -> dict:
-    """MedDr = LoRA on the base generalist's language model under DeepSpeed ZeRO-3; adapter saved and merged."""
-    return lora_finetune(base, corpus_result, settings, out_dir, tracking, parent_run_id)
+def finetune(base: dict, corpus_result: dict, settings: FinetuneSettings, out_dir: str, tracking: Tracking) -> dict:
+    """MedDr = LoRA on the base generalist's language model under DeepSpeed; adapter saved and merged."""
+    return lora_finetune(base, corpus_result, settings, out_dir, tracking)

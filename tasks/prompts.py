@@ -1,10 +1,11 @@
-"""Every prompt of the paper (SPEC §4: Figs. 6, A3, A4) and the InternVL chat format.
+"""Every prompt of the paper (SPEC §4: Figs. 6, A3, A4): DGB/DES synthesis, the training templates, the GSCo arms.
 
     OMP_NUM_THREADS=1 pytest -q tests/test_prompts.py
 
 Templates are plain `str.format` strings with lower-case fields ({modality}, {label_set}, {question}, {disease},
-{rad}, {moed}) so that table code can render them column-wise (tasks/corpus.py). The wording is the paper's, verbatim,
-including its quirks (paraphrase 2 says "Image"): a model fine-tuned on these strings is sensitive to them.
+{rad}, {moed}) so that table code can render them column-wise (tasks/generalist/corpus.py); the chat format around
+them is tasks/generalist/chat.py. The wording is the paper's, verbatim, including its quirks (paraphrase 2 says
+"Image"): a model fine-tuned on these strings is sensitive to them.
 """
 from __future__ import annotations
 
@@ -108,22 +109,6 @@ def mrg_prompt() -> str:
     return MRG_TEMPLATE
 
 
-def cls_prompt(modality: str, label_set: Sequence[str]) -> str:
-    """The Fig. A3 diagnosis (CLS) instruction with the candidate labels."""
-    return CLS_TEMPLATE.format(modality=_required_text(modality, "modality"),
-                               label_set=join_labels(label_set, "label_set"))
-
-
-def dgb_training_prompt(modality: str) -> str:
-    """The Fig. A3 instruction that pairs an image with its DGB report in the training corpus."""
-    return DGB_TEMPLATE.format(modality=_required_text(modality, "modality"))
-
-
-def des_prompt(modality: str) -> str:
-    """The Fig. A3 instruction that pairs an image with its DES description in the training corpus."""
-    return DES_TEMPLATE.format(modality=_required_text(modality, "modality"))
-
-
 def des_rewrite_prompt(case_text: str) -> str:
     """The instruction asking the generalist to rewrite an OpenI case's title + caption into an image description."""
     return DES_REWRITE_TEMPLATE.format(case_text=_required_text(case_text, "case_text"))
@@ -143,10 +128,3 @@ def diagnosis_prompt(modality: str, label_set: Sequence[str], multilabel: bool, 
     sentences = [template.format(**values[part]) for part, template in GSCO_PARAPHRASES[paraphrase] if part in values]
     sentences.append(MULTILABEL_RESPONSE if multilabel else SINGLE_LABEL_RESPONSE)
     return " ".join(sentences)
-
-
-def chat_prompt(instruction: str, image_token: str) -> str:
-    """The InternVL-family user turn: the image placeholder, a newline, then the instruction."""
-    if not isinstance(image_token, str) or not image_token:
-        raise ValueError(f"image_token: expected the model's image placeholder (e.g. '<image>'), got {image_token!r}")
-    return f"{image_token}\n{_required_text(instruction, 'instruction')}"

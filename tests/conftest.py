@@ -16,9 +16,17 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
+def tiny_profile():
+    """The tiny profile, as `gsco run --profile tiny` loads it (tests read its values, never copies of them)."""
+    from infra.profiles import load_profile
+
+    return load_profile("tiny")
+
+
+@pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
     """The tiny synthetic benchmark's raw files (generated once; do not modify: use `tiny_copy`)."""
-    from tasks.tiny_data import generate_tiny_benchmark
+    from tasks.ingest.tiny_benchmark import generate_tiny_benchmark
 
     root = tmp_path_factory.mktemp("tiny") / "data"
     generate_tiny_benchmark(root, seed=0)
@@ -37,8 +45,8 @@ def tiny_copy(tiny_root, tmp_path) -> Path:
 def tiny_tables(tiny_root, tmp_path_factory) -> Path:
     """Canonical tables of the whole tiny benchmark (ingested once; read-only)."""
     from data_contracts.cards import get_card
-    from tasks.ingest import ingest_dataset
-    from tasks.tiny_data import TINY_DATASETS
+    from tasks.ingest.dataset import ingest_dataset
+    from tasks.ingest.tiny_benchmark import TINY_DATASETS
 
     out = tmp_path_factory.mktemp("tiny-tables")
     for name in TINY_DATASETS:
@@ -49,21 +57,24 @@ def tiny_tables(tiny_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_generalist_dir(tiny_tables, tmp_path_factory) -> Path:
     """A tiny random-initialised InternVL built from the tiny tables' texts (the tiny profile's base model)."""
-    from tasks.meddr import tokenizer_texts
-    from tasks.generalist import build_tiny_internvl
-    from tasks.tiny_data import TINY_DATASETS
+    from infra.profiles import load_profile
+    from tasks.generalist.stage import tokenizer_texts
+    from tasks.generalist.tiny_internvl import build_tiny_internvl
+    from tasks.ingest.tiny_benchmark import TINY_DATASETS
 
     out = tmp_path_factory.mktemp("models") / "tiny-internvl"
-    return build_tiny_internvl(out, tokenizer_texts(tiny_tables, list(TINY_DATASETS)), {"seed": 0})
+    return build_tiny_internvl(out, tokenizer_texts(tiny_tables, list(TINY_DATASETS)),
+                               load_profile("tiny").generalist.tiny_model)
 
 
 @pytest.fixture()
 def kill_at_validation(monkeypatch):
-    """kill(n, *train_args): run tasks.specialist.train_specialist(*train_args) and kill it (KeyboardInterrupt) in its
-    n-th validation pass, as a killed process would stop; the real validation is back in place afterwards."""
-    import tasks.specialist as sp
+    """kill(n, *train_args): run tasks.specialists.training.train_specialist(*train_args) and kill it
+    (KeyboardInterrupt) in its n-th validation pass, as a killed process would stop; the real validation is back in
+    place afterwards."""
+    import tasks.specialists.training as training
 
-    real = sp._evaluate
+    real = training.evaluate
 
     def kill(n: int, *train_args) -> None:
         calls = {"n": 0}
@@ -74,11 +85,12 @@ def kill_at_validation(monkeypatch):
                 raise KeyboardInterrupt("killed")
             return real(*a, **k)
 
-        monkeypatch.setattr(sp, "_evaluate", dies_on_nth_validation)
+        monkeypatch.setattr(training, "evaluate", dies_on_nth_validation)
         try:
             with pytest.raises(KeyboardInterrupt):
-                sp.train_specialist(*train_args)
+                training.train_specialist(*train_args)
         finally:
-            monkeypatch.setattr(sp, "_evaluate", real)
+            monkeypatch.setattr(training, "evaluate", real)
 
     return kill
+

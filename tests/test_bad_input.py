@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,8 @@ import pytest
 from data_contracts.cards import get_card
 from data_contracts.errors import ContractError
 from data_contracts.io import read_manifest, read_rejects, read_samples
-from tasks.ingest import ingest_dataset, tables_mtimes
+from tasks.ingest.dataset import ingest_dataset
+from tests.helpers import tables_mtimes
 
 
 def _ingest(name, data, out, **kw):
@@ -41,7 +41,7 @@ def _assert_intact(out, before_mtimes, before_manifests):
         assert read_manifest(out, n) == m
         for split in m["splits"]:
             read_samples(out, n, split, verify_digest=True)
-    assert not [p for p in out.iterdir() if p.name.startswith((".tmp", ".old"))]
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
 def test_corrupted_image(tiny_copy, tmp_path):

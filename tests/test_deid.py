@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tasks.deid import deidentify
+from tasks.generalist.deid import deidentify
 
 
 def test_planted_items_in_tiny_case_studies_are_removed(tiny_root):

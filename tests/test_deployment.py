@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from data_contracts.io import read_manifest
+from data_contracts.layout import RunLayout
 from tasks.lineage import lineage, lineage_digests
 from tasks.tracking import tracking_uri
 
@@ -91,7 +92,7 @@ def test_deploy_run_cache_and_lineage(server, tmp_path):
     first = _run_deployment(env, out)
     assert first["state"]["type"] == "COMPLETED", first
     res1 = json.loads((out / "benchmark_result.json").read_text())
-    uri = tracking_uri(out, None)
+    uri = tracking_uri(RunLayout(out), None)
     tree = lineage(uri, res1["mlflow_run_id"])
     names = {s["name"] for s in tree["stages"]}
     assert STAGES <= names and any(n.startswith("specialist-") for n in names)

@@ -8,8 +8,9 @@ import pytest
 from data_contracts.cards import get_card
 from data_contracts.predictions import PREDICTIONS_SCHEMA
 from tasks import prompts
-from tasks.evaluate import GENERALIST_ARMS, arm_prompt, diagnosis_predictions, metrics_from_predictions, \
-    moed_reference
+from tasks.evaluation.arms import arm_prompt, diagnosis_predictions, moed_reference
+from tasks.evaluation.scoring import metrics_from_predictions
+from tasks.evaluation.settings import GENERALIST_ARMS
 
 CARD = get_card("pneumoniamnist")
 
@@ -28,7 +29,7 @@ def test_arm_prompts_drop_the_missing_sentences():
 
 
 class Scripted:
-    """A generator whose answer depends on the prompt: follows MoED when given, else says 'normal'."""
+    """A generalist whose answer depends on the prompt: follows MoED when given, else says 'normal'."""
     id = "scripted@1"
 
     def generate(self, images, texts, settings):

@@ -22,8 +22,15 @@ from PIL import Image
 
 from data_contracts.errors import ContractError
 from data_contracts.instructions import INSTRUCTIONS_SCHEMA, validate_instructions
-from tasks import finetune as ft
-from tasks.generalist import GenerationSettings, TransformersGeneralist, build_tiny_internvl
+from data_contracts.layout import FinetuneFiles
+from infra.profiles import load_profile
+from tasks.generalist.finetune.adapter import check_adapter
+from tasks.generalist.finetune.config import FinetuneConfig, resolve_deepspeed_config
+from tasks.generalist.finetune.data import AnswerMaskedError, IGNORE_INDEX, InstructionData, SampleEncoder, collate
+from tasks.generalist.finetune.training import load_training_model, read_marker, result_payload, train
+from tasks.generalist.backends import TransformersGeneralist
+from tasks.generalist.settings import GenerationSettings
+from tasks.generalist.tiny_internvl import build_tiny_internvl
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["normal", "pneumonia", "effusion", "nodule"]
@@ -60,33 +67,34 @@ def _write_shards(rows: list[dict], folder: Path, per_shard: int = 16) -> Path:
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
-    model = build_tiny_internvl(root / "tiny-internvl", [INSTRUCTION, *LABELS], {"seed": 0})
+    model = build_tiny_internvl(root / "tiny-internvl", [INSTRUCTION, *LABELS],
+                                load_profile("tiny").generalist.tiny_model)
     data = _write_shards(_rows(), root / "corpus")
     return {"root": root, "model": model, "data": data}
 
 
-def _config(tiny, out: Path, **kw) -> ft.FinetuneConfig:
+def _config(tiny, out: Path, **kw) -> FinetuneConfig:
     d = dict(model_path=str(tiny["model"]), data_dir=str(tiny["data"]), output_dir=str(out),
              deepspeed_config=str(REPO / "infra" / "deepspeed" / "zero3_cpu.json"), lora_r=8, lora_alpha=16,
              lora_dropout=0.0, max_steps=24, per_device_batch_size=4, gradient_accumulation_steps=1,
              learning_rate=5e-3, weight_decay=0.0, warmup_ratio=0.1, max_length=128, bf16=False,
              gradient_checkpointing=True, save_steps=4, seed=0)
     d.update(kw)
-    return ft.FinetuneConfig(**d)
+    return FinetuneConfig(**d)
 
 
 def test_config_and_deepspeed_config_resolution(tiny, tmp_path):
     cfg = _config(tiny, tmp_path / "out")
-    assert ft.FinetuneConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    with pytest.raises(ValueError, match="unknown key.*lora_rank"):
-        ft.FinetuneConfig.from_dict({**cfg.to_dict(), "lora_rank": 4})
-    with pytest.raises(ValueError, match="missing required key.*data_dir"):
-        ft.FinetuneConfig.from_dict({"model_path": "m", "output_dir": "o"})
-    full = ft.FinetuneConfig(model_path="m", data_dir="d", output_dir="o")  # SPEC §5 recipe as defaults
+    assert FinetuneConfig.model_validate(json.loads(json.dumps(cfg.model_dump()))) == cfg
+    with pytest.raises(ValueError, match=r"lora_rank\n.*Extra inputs are not permitted"):
+        FinetuneConfig.model_validate({**cfg.model_dump(), "lora_rank": 4})
+    with pytest.raises(ValueError, match=r"data_dir\n.*Field required"):
+        FinetuneConfig.model_validate({"model_path": "m", "output_dir": "o"})
+    full = FinetuneConfig(model_path="m", data_dir="d", output_dir="o")  # SPEC §5 recipe as defaults
     assert (full.lora_r, full.lora_alpha, full.lora_dropout, full.learning_rate, full.weight_decay,
             full.warmup_ratio, full.max_length, full.num_epochs, full.bf16, full.gradient_checkpointing) == \
         (16, 32, 0.05, 1e-5, 0.05, 0.03, 2048, 2.0, True, True)
-    ds = ft.resolve_deepspeed_config(full.deepspeed_config, full, world_size=16)
+    ds = resolve_deepspeed_config(full.deepspeed_config, full, world_size=16)
     assert ds["train_batch_size"] == 128 and ds["train_micro_batch_size_per_gpu"] == 4
     assert ds["bf16"]["enabled"] is True and ds["optimizer"]["params"]["lr"] == 1e-5
     z = ds["zero_optimization"]
@@ -95,14 +103,14 @@ def test_config_and_deepspeed_config_resolution(tiny, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"train_micro_batch_size_per_gpu": 8, "zero_optimization": {"stage": 3}}))
     with pytest.raises(ValueError, match="contradicts the run config"):
-        ft.resolve_deepspeed_config(bad, full, world_size=1)
+        resolve_deepspeed_config(bad, full, world_size=1)
     # a changed recipe cannot resume another recipe's checkpoints; a moved output dir can
     assert cfg.training_digest() == _config(tiny, tmp_path / "elsewhere", save_steps=9).training_digest()
     assert cfg.training_digest() != _config(tiny, tmp_path / "out", learning_rate=1e-4).training_digest()
 
 
 def test_lora_goes_on_the_language_model_only(tiny, tmp_path):
-    model, processor, trainable, total = ft.load_training_model(_config(tiny, tmp_path / "o"))
+    model, processor, trainable, total = load_training_model(_config(tiny, tmp_path / "o"))
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert names and all("language_model" in n and "lora_" in n for n in names)
     targeted = {n.split(".lora_")[0].rsplit(".", 1)[1] for n in names}
@@ -115,40 +123,40 @@ def test_lora_goes_on_the_language_model_only(tiny, tmp_path):
 
 def test_labels_cover_the_answer_only_and_match_generation_tokens(tiny):
     gen = TransformersGeneralist(str(tiny["model"]))
-    enc = ft.SampleEncoder(gen.processor, max_length=128)
+    enc = SampleEncoder(gen.processor, max_length=128)
     row = _rows()[1]
     (ids, labels), = enc.encode_many([row])
-    n_prompt = next(i for i, x in enumerate(labels) if x != ft.IGNORE_INDEX)
+    n_prompt = next(i for i, x in enumerate(labels) if x != IGNORE_INDEX)
     # the prompt part is exactly what the generalist feeds the model at inference
     gen_ids = gen.processor_inputs([row["image"]], [row["instruction"]])["input_ids"][0].tolist()
     assert ids[:n_prompt] == gen_ids
     tok = gen.processor.tokenizer
     assert tok.decode(ids[n_prompt:]) == "pneumonia<|im_end|>\n"
-    assert labels[n_prompt:] == ids[n_prompt:] and set(labels[:n_prompt]) == {ft.IGNORE_INDEX}
-    batch = ft.collate([(ids, labels), (ids[:-3], labels[:-3])], torch.zeros(2, 3, 24, 24), pad_id=tok.pad_token_id)
+    assert labels[n_prompt:] == ids[n_prompt:] and set(labels[:n_prompt]) == {IGNORE_INDEX}
+    batch = collate([(ids, labels), (ids[:-3], labels[:-3])], torch.zeros(2, 3, 24, 24), pad_id=tok.pad_token_id)
     assert batch["attention_mask"][1].sum() == len(ids) - 3
-    assert (batch["labels"][1, len(ids) - 3:] == ft.IGNORE_INDEX).all()
+    assert (batch["labels"][1, len(ids) - 3:] == IGNORE_INDEX).all()
 
 
 def test_masked_answer_fails_naming_the_sample(tiny, tmp_path):
     gen = TransformersGeneralist(str(tiny["model"]))
     rows = _rows(8, 0)
-    (ids, _), = ft.SampleEncoder(gen.processor, 128).encode_many([rows[0]])
-    n_answer = len(ft.SampleEncoder(gen.processor, 128).tokenizer("normal<|im_end|>\n")["input_ids"])
+    (ids, _), = SampleEncoder(gen.processor, 128).encode_many([rows[0]])
+    n_answer = len(SampleEncoder(gen.processor, 128).tokenizer("normal<|im_end|>\n")["input_ids"])
     n_prompt = len(ids) - n_answer
     # max_length exactly the prompt: the answer is truncated away entirely -> the run must not train on zero loss
-    enc = ft.SampleEncoder(gen.processor, max_length=n_prompt)
-    with pytest.raises(ft.AnswerMaskedError, match="sample tinycxr:000: answer is masked away") as e:
+    enc = SampleEncoder(gen.processor, max_length=n_prompt)
+    with pytest.raises(AnswerMaskedError, match="sample tinycxr:000: answer is masked away") as e:
         enc.encode_many([rows[0]])
     assert e.value.sample_id == "tinycxr:000"
     # one token of room keeps one supervised token: not an error
-    (_, labels), = ft.SampleEncoder(gen.processor, n_prompt + 1).encode_many([rows[0]])
-    assert sum(x != ft.IGNORE_INDEX for x in labels) == 1
+    (_, labels), = SampleEncoder(gen.processor, n_prompt + 1).encode_many([rows[0]])
+    assert sum(x != IGNORE_INDEX for x in labels) == 1
     # a planted long instruction in a Parquet corpus is found by the pre-training check, by sample id
     rows[5] = {**rows[5], "instruction": INSTRUCTION + " Consider also: " + "nodule, " * 40}
-    data = ft.InstructionData(_write_shards(rows, tmp_path / "corpus"))
-    with pytest.raises(ft.AnswerMaskedError, match="tinycxr:005"):
-        ft.SampleEncoder(gen.processor, max_length=n_prompt + 20).check_all(data, data.indices("train"))
+    data = InstructionData(_write_shards(rows, tmp_path / "corpus"))
+    with pytest.raises(AnswerMaskedError, match="tinycxr:005"):
+        SampleEncoder(gen.processor, max_length=n_prompt + 20).check_all(data, data.indices("train"))
 
 
 def test_run_fails_before_training_on_a_masked_answer(tiny, tmp_path, monkeypatch):
@@ -157,8 +165,8 @@ def test_run_fails_before_training_on_a_masked_answer(tiny, tmp_path, monkeypatc
     rows = _rows(8, 0)
     rows[6] = {**rows[6], "instruction": INSTRUCTION + " Consider also: " + "nodule, " * 60}
     cfg = _config(tiny, tmp_path / "out", data_dir=str(_write_shards(rows, tmp_path / "corpus")), max_length=100)
-    with pytest.raises(ft.AnswerMaskedError, match="sample tinycxr:006: answer is masked away"):
-        ft.train(cfg)
+    with pytest.raises(AnswerMaskedError, match="sample tinycxr:006: answer is masked away"):
+        train(cfg)
     assert not (tmp_path / "out" / "loss.jsonl").exists()  # nothing trained, nothing written
 
 
@@ -167,21 +175,21 @@ def test_corpus_contract_rejects_bad_rows(tmp_path):
     rows[2] = {**rows[2], "answer": "  "}
     rows[3] = {**rows[3], "split": "test"}
     with pytest.raises(ContractError) as e:
-        ft.InstructionData(_write_shards(rows, tmp_path / "c1"))
+        InstructionData(_write_shards(rows, tmp_path / "c1"))
     assert "tinycxr:002" in str(e.value) and "'answer'" in str(e.value) and "tinycxr:003" in str(e.value)
     with pytest.raises(ContractError, match="field 'image': expected PNG or JPEG"):
         validate_instructions(pl.DataFrame([{**_rows(1, 0)[0], "image": b"GIF89a"}]), "mem")
     with pytest.raises(FileNotFoundError, match="no instruction Parquet shards"):
-        ft.InstructionData(tmp_path / "empty")
+        InstructionData(tmp_path / "empty")
 
 
-def _launch(cfg: ft.FinetuneConfig, path: Path) -> subprocess.CompletedProcess:
-    path.write_text(json.dumps(cfg.to_dict()))
+def _launch(cfg: FinetuneConfig, path: Path) -> subprocess.CompletedProcess:
+    path.write_text(json.dumps(cfg.model_dump()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-           str(REPO / "tasks" / "finetune.py"), "--config", str(path)]
-    # cwd is not the repo: the script must find its own imports and config paths
+           "-m", "recipes.finetune", "--config", str(path)]
+    # cwd is not the repo: the recipe must find its imports and the config's paths
     return subprocess.run(cmd, cwd=path.parent, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -193,14 +201,14 @@ def test_killed_run_resumes_lowers_loss_and_merges(tiny, tmp_path):
     out = tmp_path / "run"
     killed = _launch(_config(tiny, out, stop_after_steps=7), tmp_path / "run1.json")
     assert killed.returncode != 0, killed.stdout[-2000:] + killed.stderr[-3000:]
-    assert ft.read_marker(out)["step"] == 4  # save_steps=4: steps 5..7 were lost with the process
+    assert read_marker(FinetuneFiles(out))["step"] == 4  # save_steps=4: steps 5..7 were lost with the process
     lost = _curve(out)
     assert [r["step"] for r in lost] == list(range(1, 8))
-    assert not (out / "adapter").exists() and not (out / ft.RESULT).exists()
+    assert not (out / "adapter").exists() and not FinetuneFiles(out).result.exists()
 
     done = _launch(_config(tiny, out), tmp_path / "run2.json")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    result = json.loads((out / ft.RESULT).read_text())
+    result = json.loads(FinetuneFiles(out).result.read_text())
     assert result["start_step"] == 4 and result["resumed_from_step"] == 4 and result["total_steps"] == 24
     curve = _curve(out)
     assert [r["step"] for r in curve] == list(range(1, 25))
@@ -213,10 +221,10 @@ def test_killed_run_resumes_lowers_loss_and_merges(tiny, tmp_path):
     assert curve[-1]["lr"] < 1e-3
     assert all(r["tokens"] > r["answer_tokens"] > 0 for r in curve)
 
-    stats = ft.check_adapter(out / "adapter")
+    stats = check_adapter(out / "adapter")
     assert stats["lora_B_norm"] > 0 and stats["params"] == result["trainable_params"]
     assert result["merged"]["merged_max_abs_delta"] > 0
-    payload = ft.mlflow_payload(out)
+    payload = result_payload(FinetuneFiles(out))
     assert payload["metrics"]["final_loss"] == losses[-1]
     assert {"adapter", "merged", "loss_curve"} <= set(payload["artifacts"])
     assert len([h for h in payload["metric_history"] if h["key"] == "loss"]) == 24

@@ -14,8 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from tasks.generalist import (CHATML_TEMPLATE, GenerationSettings, OpenAIGeneralist, TransformersGeneralist,
-                              WeightsNotFoundError, build_tiny_internvl, chat_text, load_generalist)
+from tasks.generalist.backends import OpenAIGeneralist, TransformersGeneralist, WeightsNotFoundError, generalist_for
+from tasks.generalist.chat import CHATML_TEMPLATE, chat_text
+from tasks.generalist.settings import GeneralistSettings, GenerationSettings, TinyInternVLConfig
+from tasks.generalist.tiny_internvl import build_tiny_internvl
 
 TEXTS = ["You are a helpful medical assistant. Your task is disease diagnosis. You are given a chest x-ray image. "
          "The possible diagnoses are: normal, pneumonia, effusion.", "normal", "pneumonia", "effusion"]
@@ -34,8 +36,13 @@ def _jpeg(color) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    return build_tiny_internvl(tmp_path_factory.mktemp("generalist") / "tiny-internvl", TEXTS, {"seed": 0})
+def tiny_config(tiny_profile) -> TinyInternVLConfig:
+    return tiny_profile.generalist.tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_config):
+    return build_tiny_internvl(tmp_path_factory.mktemp("generalist") / "tiny-internvl", TEXTS, tiny_config)
 
 
 @pytest.fixture(scope="session")
@@ -49,25 +56,27 @@ def _digests(folder):
 
 def test_settings_serialise_and_reject_bad_values():
     s = GenerationSettings(max_new_tokens=12, do_sample=True, temperature=0.7, top_p=0.9, seed=3)
-    d = s.to_dict()
+    d = s.model_dump()
     assert list(d) == ["max_new_tokens", "do_sample", "temperature", "top_p", "num_beams", "seed"]
-    assert GenerationSettings.from_dict(json.loads(json.dumps(d))) == s
-    with pytest.raises(ValueError, match="unknown key.*max_tokens"):
-        GenerationSettings.from_dict({"max_tokens": 3})
+    assert GenerationSettings.model_validate(json.loads(json.dumps(d))) == s
+    with pytest.raises(ValueError, match=r"max_tokens\n.*Extra inputs are not permitted"):
+        GenerationSettings.model_validate({"max_tokens": 3})
     with pytest.raises(ValueError, match="top_p"):
         GenerationSettings(top_p=0.0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         GenerationSettings(max_new_tokens=0)
 
 
-def test_tiny_build_is_deterministic(tiny_model, tmp_path):
-    again = build_tiny_internvl(tmp_path / "again", TEXTS, {"seed": 0})
-    other = build_tiny_internvl(tmp_path / "other", TEXTS, {"seed": 1})
+def test_tiny_build_is_deterministic(tiny_model, tiny_config, tmp_path):
+    again = build_tiny_internvl(tmp_path / "again", TEXTS, tiny_config)
+    other = build_tiny_internvl(tmp_path / "other", TEXTS, tiny_config.model_copy(update={"seed": tiny_config.seed + 1}))
     assert _digests(again) == _digests(tiny_model)
     assert _digests(other)["model.safetensors"] != _digests(tiny_model)["model.safetensors"]
     assert _digests(other)["tokenizer.json"] == _digests(tiny_model)["tokenizer.json"]  # same texts, same BPE
-    with pytest.raises(ValueError, match="unknown config key"):
-        build_tiny_internvl(tmp_path / "bad", TEXTS, {"hidden": 3})
+    with pytest.raises(ValueError, match=r"hidden\n.*Extra inputs are not permitted"):
+        TinyInternVLConfig.model_validate({**tiny_config.model_dump(), "hidden": 3})
+    with pytest.raises(ValueError, match="whole patch grid"):
+        TinyInternVLConfig.model_validate({**tiny_config.model_dump(), "patch_size": 5})
 
 
 def test_reload_and_batched_generation_is_deterministic(generalist, tiny_model):
@@ -88,7 +97,7 @@ def test_reload_and_batched_generation_is_deterministic(generalist, tiny_model):
     sample = GenerationSettings(max_new_tokens=8, do_sample=True, temperature=1.5, seed=7)
     first = generalist.generate(images, prompts, sample)
     assert generalist.generate(images, prompts, sample) == first
-    assert generalist.generate(images, prompts, GenerationSettings(**{**sample.to_dict(), "seed": 8})) != first
+    assert generalist.generate(images, prompts, sample.model_copy(update={"seed": 8})) != first
 
 
 def test_chat_prompt_puts_the_image_placeholder_first(generalist):
@@ -120,8 +129,8 @@ def test_bad_inputs_and_offline_loading_fail_clearly(generalist, tmp_path):
         TransformersGeneralist("gsco-test-org/no-such-model-anywhere")
     with pytest.raises(WeightsNotFoundError, match="config.json"):
         TransformersGeneralist(str(tmp_path))
-    with pytest.raises(ValueError, match="backend must be"):
-        load_generalist({"backend": "vllm"})
+    with pytest.raises(ValueError, match=r"backend\n.*'transformers' or 'openai'"):
+        GeneralistSettings(backend="vllm", model="m")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -168,8 +177,8 @@ def server():
 def test_openai_backend_sends_the_expected_requests(server, monkeypatch):
     url, rec = server
     monkeypatch.setenv("GSCO_TEST_KEY", "sk-test-secret")
-    g = load_generalist({"backend": "openai", "base_url": url, "model": "MedDr", "api_key_env": "GSCO_TEST_KEY",
-                         "concurrency": 2, "max_retries": 2})
+    g = generalist_for({}, GeneralistSettings(backend="openai", base_url=url, model="MedDr", api_key_env="GSCO_TEST_KEY",
+                                              concurrency=2, max_retries=2))
     assert "sk-test-secret" not in repr(g) and "sk-test-secret" not in g.id
     images = [_png((200, 0, 0)), _jpeg((0, 0, 200)), _png((0, 200, 0))]
     prompts = ["first question", "second question", "third question"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data_contracts.errors import DataError
-from tasks.index import (DEFAULT_INDEX_PARAMS, FLAT, IndexQualityError, build_index, open_published, search)
+from tasks.rad.index import (DEFAULT_INDEX_PARAMS, FLAT, IndexQualityError, build_index, open_published, search)
 
 
 def clustered(n: int, dim: int, n_clusters: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,16 +8,18 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from data_contracts.io import read_manifest, read_samples, table_digest
+from data_contracts.layout import RunLayout
 from flows.ingest import ingest
-from tasks.ingest import tables_mtimes
-from tasks.tiny_data import TINY_DATASETS
-from tasks.tracking import run_datasets, tracking_uri
+from tasks.ingest.tiny_benchmark import TINY_DATASETS
+from tasks.tracking import Tracking, run_datasets, tracking_uri
+from tests.helpers import tables_mtimes
 
 
 def test_ingest_flow_mlflow_digests_cache_and_partial_recompute(tiny_copy, tmp_path):
     out = tmp_path / "out"
-    uri = tracking_uri(out, None)
-    first = ingest(str(tiny_copy), str(out), experiment="test")
+    uri = tracking_uri(RunLayout(out), None)
+    tracking = Tracking(uri=uri, experiment="test", out_dir=str(out))
+    first = ingest(str(tiny_copy), str(out), tracking)
     assert {r["dataset"] for r in first["results"]} == set(TINY_DATASETS)
     assert all(r["status"] == "written" for r in first["results"])
 
@@ -34,7 +36,7 @@ def test_ingest_flow_mlflow_digests_cache_and_partial_recompute(tiny_copy, tmp_p
 
     # unchanged inputs: nothing rewritten
     before = tables_mtimes(out / "tables")
-    second = ingest(str(tiny_copy), str(out), experiment="test")
+    second = ingest(str(tiny_copy), str(out), tracking)
     assert all(r["status"] == "cached" for r in second["results"])
     assert tables_mtimes(out / "tables") == before
     assert {d["digest"] for d in run_datasets(uri, second["run_id"])} == {e["digest"] for e in entries.values()}
@@ -50,7 +52,7 @@ def test_ingest_flow_mlflow_digests_cache_and_partial_recompute(tiny_copy, tmp_p
     df = pl.read_csv(csv, infer_schema=False)
     df.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("zebra")).otherwise(pl.col("dx"))
                     .alias("dx")).write_csv(csv)
-    third = ingest(str(tiny_copy), str(out), experiment="test", policies={"ham10000": "quarantine"})
+    third = ingest(str(tiny_copy), str(out), tracking, policies={"ham10000": "quarantine"})
     status = {r["dataset"]: r["status"] for r in third["results"]}
     assert {n for n, s in status.items() if s == "written"} == {"dermnet", "ham10000"}
     after = tables_mtimes(out / "tables")

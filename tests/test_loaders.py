@@ -13,8 +13,8 @@ from sklearn.preprocessing import MultiLabelBinarizer
 
 from data_contracts.cards import get_card
 from data_contracts.io import read_samples
-from tasks.ingest import ingest_dataset
-from tasks.tiny_data import TINY_DATASETS
+from tasks.ingest.dataset import ingest_dataset
+from tasks.ingest.tiny_benchmark import TINY_DATASETS
 
 DIAGNOSIS = [n for n in TINY_DATASETS if get_card(n).task_kind == "diagnosis"]
 

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 pytest -q tests/test_loaders_formats.py
 
 Each test writes a few rows in the layout a registry card describes (under tmp_path), loads them with the real card
-through tasks.loaders.iter_dataset and checks rows, labels, splits, questions / answers / options and which image
+through tasks.ingest.loaders.iter_dataset and checks rows, labels, splits, questions / answers / options and which image
 each row got (every fixture image has its own grey level). DICOM tests need pydicom and are skipped without it.
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ from PIL import Image
 
 from data_contracts.cards import RawFormat, get_card, registry
 from data_contracts.errors import DataError
-from tasks.ingest import _FORMAT_MODULES
-from tasks.loaders import LOADERS, Reject, iter_dataset
-from tasks.loaders.common import carve_val
+from tasks.ingest.dataset import FORMAT_MODULES
+from tasks.ingest.loaders import LOADERS, Reject, iter_dataset
+from tasks.ingest.loaders.common import carve_val
 
 HAS_PYDICOM = importlib.util.find_spec("pydicom") is not None
 needs_pydicom = pytest.mark.skipif(not HAS_PYDICOM, reason="pydicom is not installed (needed to write and read DICOM)")
@@ -116,7 +116,7 @@ def _flat_dicom(path: Path, level: int) -> Path:
 def test_every_raw_format_and_card_has_a_loader():
     formats = set(typing.get_args(RawFormat))
     assert formats <= set(LOADERS)
-    assert formats <= set(_FORMAT_MODULES)
+    assert formats <= set(FORMAT_MODULES)
     for name, card in registry().items():
         assert card.raw.format in LOADERS, name
     assert {"medfmc_txt", "hf_parquet", "omnimedvqa_json"} <= {c.raw.format for c in registry().values()}
@@ -557,7 +557,7 @@ def test_dicom_per_split_tables_cbis_ddsm(tmp_path):
 def test_dicom_rescale_window_and_monochrome1(tmp_path):
     import pydicom
 
-    from tasks.loaders.dicom import dicom_to_uint8
+    from tasks.ingest.loaders.dicom import dicom_to_uint8
 
     px = np.array([[0, 400, 1000, 1100], [1150, 1200, 2000, 4095]], dtype=np.uint16)
     # modality value = 2 * px - 2000: -2000, -1200, 0, 200, 300, 400, 2000, 6190; window 200 +- 100 (LINEAR)
@@ -578,7 +578,7 @@ def test_dicom_voi_lut_sequence(tmp_path):
     import pydicom
     from pydicom.dataset import Dataset
 
-    from tasks.loaders.dicom import dicom_to_uint8
+    from tasks.ingest.loaders.dicom import dicom_to_uint8
 
     px = np.array([[1000, 1600, 2000, 4095]], dtype=np.uint16)
     ds = pydicom.dcmread(_dicom(tmp_path / "lut.dcm", px, center=100, width=10))

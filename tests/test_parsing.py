@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.parsing import ParsedAnswer, normalise, parse_answer, parse_choice
+from tasks.evaluation.parsing import ParsedAnswer, normalise, parse_answer
 
 BREAST = ["malignant", "normal, benign"]            # breastmnist INFO
 CHEST = ["atelectasis", "effusion", "pleural", "pleural thickening", "mass", "No finding"]
@@ -83,11 +83,3 @@ def test_bad_label_sets_are_rejected():
     with pytest.raises(TypeError, match="answer"):
         parse_answer(None, ["a"], False)
 
-
-@pytest.mark.parametrize("text, expected", [
-    ("B", 1), ("b", 1), ("(C)", 2), ("C.", 2), ("A) Pneumonia", 0), ("The answer is D.", 3), ("Option: B", 1),
-    ("Pneumothorax is seen", 2), ("a mass in the left lung", 1), ("I am not sure", None), ("E", None),
-])
-def test_parse_choice(text, expected):
-    options = ["Pneumonia", "Mass", "Pneumothorax", "Normal"]
-    assert parse_choice(text, options) == expected

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import re
 
+import polars as pl
 import pytest
 
 from tasks import prompts
+from tasks.generalist.corpus import template_expr
 
 LABELS = ["malignant", "normal, benign"]
 RAD = ["malignant", "malignant", "normal, benign"]
@@ -50,20 +52,27 @@ def test_training_templates_are_fig_a3():
     assert prompts.mrg_prompt() == (
         "You are a helpful medical assistant. Your task is report generation. You are given a chest x-ray image, and "
         "you are required to generate a summary report about the image.")
-    assert prompts.cls_prompt("dermoscopy", ["melanoma", "nevus"]) == (
+    # CLS, DGB and DES instructions are rendered column-wise by the corpus (the same code that writes the shards)
+    rows = pl.DataFrame({"modality": ["dermoscopy", "fundus", "CT"], "label_set": [["melanoma", "nevus"]] * 3})
+    rendered = rows.select(
+        cls=template_expr(prompts.CLS_TEMPLATE, modality=pl.col("modality"),
+                          label_set=pl.col("label_set").list.join(prompts.LABEL_SEP)),
+        dgb=template_expr(prompts.DGB_TEMPLATE, modality=pl.col("modality")),
+        des=template_expr(prompts.DES_TEMPLATE, modality=pl.col("modality")))
+    assert rendered["cls"][0] == (
         "You are a helpful medical assistant. Your task is disease diagnosis. You are given a dermoscopy image. "
         "The possible diagnoses are: melanoma,nevus.")
-    assert prompts.dgb_training_prompt("fundus") == (
+    assert rendered["dgb"][1] == (
         "You are a helpful medical assistant. Your task is report generation. You are given a fundus image. You need "
         "to provide a medical report consisting of findings and impressions. Findings list the observations and "
         "impressions outlines the final diagnosis.")
-    assert prompts.des_prompt("CT") == (
+    assert rendered["des"][2] == (
         "You are a helpful medical assistant. Your task is report generation. You are given a CT image. You are "
         "required to generate a detailed description and analysis from a medical perspective based on the image.")
 
 
 def test_templates_render_with_format_fields_used_by_table_code():
-    # tasks/corpus.py renders these column-wise from their {field}s: the field names are part of the contract.
+    # tasks/generalist/corpus.py renders these column-wise from their {field}s: the field names are part of the contract.
     def fields(t):
         return set(re.findall(r"\{(\w+)\}", t))
     assert fields(prompts.CLS_TEMPLATE) == {"modality", "label_set"}
@@ -120,8 +129,3 @@ def test_des_rewrite_prompt_carries_the_case_and_asks_to_drop_identifying_detail
     for must in ("description of what the image shows", "name", "age", "dates", "clinical history"):
         assert must in got
 
-
-def test_chat_prompt_puts_the_image_first():
-    assert prompts.chat_prompt("Describe the image.", "<image>") == "<image>\nDescribe the image."
-    with pytest.raises(ValueError, match="image_token"):
-        prompts.chat_prompt("Describe the image.", "")

@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from data_contracts.errors import ContractError
-from tasks import report as R
-from tasks.metrics import NOT_COMPUTED_WEIGHTS
+from tasks.evaluation.report import md_escape, render_report
+from tasks.evaluation.report_tables import ABLATION_METHODS, ablation_table, format_estimate, format_p, ranking
+from tasks.evaluation.metrics import NOT_COMPUTED_WEIGHTS
 
 PNEU, DERM, CHEST = "pneumonia", "derm<7pt>", "chest & x-ray"   # "<", ">" and "&" must come out escaped
 METHODS = ["MedDr", "MedDr+MoED", "MedDr+RAD", "GSCo", "Voting", "specialist:resnet18"]
@@ -60,7 +61,7 @@ def planted(drop: tuple[str, str] | None = None) -> pl.DataFrame:
 
 # ---------------------------------------------------------------------------------------------------- pure tables
 def test_ranking_hand_computed():
-    rank = R.ranking(planted())
+    rank = ranking(planted())
     # pneumonia: GSCo .85=1, MoED .80 and Voting .80 tie=2.5, RAD .75=4, specialist .70=5, MedDr .60=6
     # derm: GSCo 1, RAD 2, specialist 3, MoED 4, Voting 5, MedDr 6
     # chest (no Voting): GSCo 1, RAD 2, specialist 3, MoED 4, MedDr 5
@@ -75,39 +76,39 @@ def test_ranking_hand_computed():
         assert (r[PNEU], r[DERM], r[CHEST], r["rank_sum"], r["datasets_ranked"]) == (pn, de, ch, total, k)
         assert r["average_rank"] == pytest.approx(total / k)
 
-    ood = R.ranking(planted(), domain="out-of-domain")
+    ood = ranking(planted(), domain="out-of-domain")
     assert ood.columns[1:3] == [DERM, CHEST]
     assert dict(zip(ood["method"], ood["average_rank"]))["Voting"] == 5.0
     assert dict(zip(ood["method"], ood["average_rank"]))["MedDr"] == 5.5
     with pytest.raises(ContractError, match="no datasets in domain 'elsewhere'"):
-        R.ranking(planted(), domain="elsewhere")
+        ranking(planted(), domain="elsewhere")
 
 
 def test_ablation_hand_computed():
-    abl = R.ablation_table(planted())
+    abl = ablation_table(planted())
     assert abl["dataset"].to_list() == [PNEU, DERM, CHEST, "Average"]
     assert abl["headline"].to_list() == ["accuracy", "macro_f1", "macro_f1", None]
     got = {r["dataset"]: r for r in abl.iter_rows(named=True)}
-    assert [got[DERM][m] for m in R.ABLATION_METHODS] == [0.30, 0.55, 0.60, 0.65]
+    assert [got[DERM][m] for m in ABLATION_METHODS] == [0.30, 0.55, 0.60, 0.65]
     assert got[PNEU]["GSCo_delta"] == pytest.approx(0.25)
     assert got[DERM]["MedDr+RAD_delta"] == pytest.approx(0.30)
     avg = got["Average"]   # (0.6+0.3+0.2)/3, (0.8+0.55+0.4)/3, (0.75+0.6+0.45)/3, (0.85+0.65+0.5)/3
-    assert [avg[m] for m in R.ABLATION_METHODS] == pytest.approx([1.1 / 3, 1.75 / 3, 0.6, 2 / 3])
-    assert [avg[m + "_delta"] for m in R.ABLATION_METHODS[1:]] == pytest.approx([0.65 / 3, 0.7 / 3, 0.3])
+    assert [avg[m] for m in ABLATION_METHODS] == pytest.approx([1.1 / 3, 1.75 / 3, 0.6, 2 / 3])
+    assert [avg[m + "_delta"] for m in ABLATION_METHODS[1:]] == pytest.approx([0.65 / 3, 0.7 / 3, 0.3])
 
     # RAD missing on chest: its row keeps a gap (no delta) and the average covers the two complete datasets only
-    part = {r["dataset"]: r for r in R.ablation_table(planted(drop=(CHEST, "MedDr+RAD"))).iter_rows(named=True)}
+    part = {r["dataset"]: r for r in ablation_table(planted(drop=(CHEST, "MedDr+RAD"))).iter_rows(named=True)}
     assert part[CHEST]["MedDr+RAD"] is None and part[CHEST]["MedDr+RAD_delta"] is None
     assert part[CHEST]["GSCo_delta"] == pytest.approx(0.30)
-    assert [part["Average"][m] for m in R.ABLATION_METHODS] == pytest.approx([0.45, 0.675, 0.675, 0.75])
+    assert [part["Average"][m] for m in ABLATION_METHODS] == pytest.approx([0.45, 0.675, 0.675, 0.75])
 
 
 def test_formatting():
-    assert R.format_estimate(0.8124, 0.7712, 0.85) == "0.812 (0.771-0.850)"
-    assert R.format_estimate(0.8124) == "0.812"
-    assert R.format_estimate(None) == "–"
-    assert R.format_p(0.0004) == "<0.001" and R.format_p(0.0312) == "0.031" and R.format_p(None) == "–"
-    assert R.md_escape("a<b>|c_ macro_f1 *x*") == r"a\<b\>\|c\_ macro_f1 \*x\*"
+    assert format_estimate(0.8124, 0.7712, 0.85) == "0.812 (0.771-0.850)"
+    assert format_estimate(0.8124) == "0.812"
+    assert format_estimate(None) == "–"
+    assert format_p(0.0004) == "<0.001" and format_p(0.0312) == "0.031" and format_p(None) == "–"
+    assert md_escape("a<b>|c_ macro_f1 *x*") == r"a\<b\>\|c\_ macro_f1 \*x\*"
 
 
 # ---------------------------------------------------------------------------------------------------- the report
@@ -128,7 +129,7 @@ class _Text(HTMLParser):
 def _md_row(md: str, section: str, method: str) -> list[str]:
     """Cells of `method`'s row in the first table after heading `section`."""
     part = md.split(f"### {section}\n", 1)[1].split("\n### ", 1)[0]
-    line = next(ln for ln in part.splitlines() if ln.startswith(f"| {R.md_escape(method)} |"))
+    line = next(ln for ln in part.splitlines() if ln.startswith(f"| {md_escape(method)} |"))
     return [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
 
 
@@ -136,7 +137,7 @@ def _md_row(md: str, section: str, method: str) -> list[str]:
 def rendered(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     before = dict(matplotlib.rcParams)
-    paths = R.render_report(planted(), out, "GSCo <tiny> report", notes={(CHEST, "CheXbert"): CHEXBERT_WHY},
+    paths = render_report(planted(), out, "GSCo <tiny> report", notes={(CHEST, "CheXbert"): CHEXBERT_WHY},
                             generated_at=False)
     assert dict(matplotlib.rcParams) == before   # the caller's matplotlib settings are left alone
     return out, paths
@@ -169,31 +170,31 @@ def test_every_method_dataset_and_ci_in_markdown_and_html(rendered):
     parser.feed(raw_html)
     text = "".join(parser.text)
     for d, by_m in HEADLINE_VALUES.items():
-        assert R.md_escape(d) in md and d in text
+        assert md_escape(d) in md and d in text
         for m, v in by_m.items():
-            assert R.md_escape(m) in md and m in text
+            assert md_escape(m) in md and m in text
             if v is not None:
-                ci = R.format_estimate(v, round(v - 0.05, 3), round(v + 0.04, 3))
+                ci = format_estimate(v, round(v - 0.05, 3), round(v + 0.04, 3))
                 assert ci in md and ci in text, (d, m, ci)
     # best per dataset in bold in the summary table
     assert "**0.850 (0.800-0.890)**" in md and "<strong>0.650 (0.600-0.690)</strong>" in raw_html
     # the ablation table: value with its gain over MedDr, the average row
     assert "0.6500 (+0.3500)" in md and "0.6667 (+0.3000)" in md
     # P-values and parse-failure rates of the per-dataset table
-    derm_meddr = _md_row(md, R.md_escape(DERM), "MedDr")
+    derm_meddr = _md_row(md, md_escape(DERM), "MedDr")
     assert derm_meddr[1] == "200" and derm_meddr[-1] == "0.0%"
-    assert "\\<0.001" in derm_meddr and _md_row(md, R.md_escape(DERM), "GSCo")[-2] == "best"
-    assert _md_row(md, R.md_escape(DERM), "MedDr+RAD")[-1] == "2.0%"
+    assert "\\<0.001" in derm_meddr and _md_row(md, md_escape(DERM), "GSCo")[-2] == "best"
+    assert _md_row(md, md_escape(DERM), "MedDr+RAD")[-1] == "2.0%"
 
 
 def test_not_computed_and_missing_cells(rendered):
     _, paths = rendered
     md = paths["report.md"].read_text()
-    header = _md_row(md, R.md_escape(CHEST), "Method")
-    cells = dict(zip(header, _md_row(md, R.md_escape(CHEST), "MedDr")))
-    assert cells["F1-RadGraph"] == R.md_escape(NOT_COMPUTED_WEIGHTS)
-    assert cells["CheXbert"] == R.md_escape(CHEXBERT_WHY)   # a metric named only in notes still gets its column
-    voting = _md_row(md, R.md_escape(CHEST), "Voting")
+    header = _md_row(md, md_escape(CHEST), "Method")
+    cells = dict(zip(header, _md_row(md, md_escape(CHEST), "MedDr")))
+    assert cells["F1-RadGraph"] == md_escape(NOT_COMPUTED_WEIGHTS)
+    assert cells["CheXbert"] == md_escape(CHEXBERT_WHY)   # a metric named only in notes still gets its column
+    voting = _md_row(md, md_escape(CHEST), "Voting")
     assert set(voting[1:]) == {"–"}   # a method with no result on a dataset: dashes, never a number
     assert not any(re.fullmatch(r"0(\.0+)?", c) for c in voting + list(cells.values()))
     assert NOT_COMPUTED_WEIGHTS in paths["report.html"].read_text()
@@ -215,13 +216,13 @@ def test_html_escapes_labels(rendered):
 
 def test_deterministic_and_generated_at(rendered, tmp_path):
     out, paths = rendered
-    again = R.render_report(planted(), tmp_path / "a", "GSCo <tiny> report",
+    again = render_report(planted(), tmp_path / "a", "GSCo <tiny> report",
                             notes={(CHEST, "CheXbert"): CHEXBERT_WHY}, generated_at=False)
     assert sorted(again) == sorted(paths)
     for name in paths:
         assert again[name].read_bytes() == paths[name].read_bytes(), name
     stamp = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-    stamped = R.render_report(planted(), tmp_path / "b", "t", generated_at=stamp)
+    stamped = render_report(planted(), tmp_path / "b", "t", generated_at=stamp)
     assert "Generated at 2026-01-02T03:04:05+00:00." in stamped["report.md"].read_text()
     assert "Generated at" not in paths["report.md"].read_text()
 
@@ -234,10 +235,10 @@ def test_nan_headline_is_not_computed(tmp_path):
                 & (pl.col("metric") == "accuracy")).then(float("nan")).otherwise("value").alias("value"),
         pl.when((pl.col("dataset") == PNEU) & (pl.col("method") == "specialist:resnet18")
                 & (pl.col("metric") == "accuracy")).then(pl.lit(why)).otherwise("note").alias("note"))
-    rank = {r["method"]: r for r in R.ranking(df).iter_rows(named=True)}
+    rank = {r["method"]: r for r in ranking(df).iter_rows(named=True)}
     assert rank["specialist:resnet18"][PNEU] is None and rank["specialist:resnet18"]["datasets_ranked"] == 2
     assert rank["MedDr"][PNEU] == 5.0   # five methods ranked on pneumonia now
-    md = R.render_report(df, tmp_path, "t", generated_at=False)["report.md"].read_text()
+    md = render_report(df, tmp_path, "t", generated_at=False)["report.md"].read_text()
     summary = md.split("## Headline metric", 1)[1].split("## Ranking", 1)[0]
     spec = next(ln for ln in summary.splitlines() if ln.startswith("| specialist:resnet18 |"))
     assert spec.split(" | ")[1] == why
@@ -259,11 +260,11 @@ def test_nan_headline_is_not_computed(tmp_path):
 ])
 def test_bad_input_is_named(change, message):
     with pytest.raises(ContractError, match=message):
-        R.ranking(change(planted()))
+        ranking(change(planted()))
 
 
 def test_bad_notes(tmp_path):
     with pytest.raises(ContractError, match="notes key"):
-        R.render_report(planted(), tmp_path, "t", notes={(CHEST,): "why"}, generated_at=False)
+        render_report(planted(), tmp_path, "t", notes={(CHEST,): "why"}, generated_at=False)
     with pytest.raises(ContractError, match="non-empty reason"):
-        R.render_report(planted(), tmp_path, "t", notes={"CheXbert": ""}, generated_at=False)
+        render_report(planted(), tmp_path, "t", notes={"CheXbert": ""}, generated_at=False)

@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 
@@ -16,10 +15,24 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw
 
-import tasks.specialist as sp
 from data_contracts.errors import DataError
-from tasks.specialist import (ARCHS, Recipe, SpecialistData, Split, build_model, embedding_dim, forward_embed,
-                              predict, tiny_arch, train_specialist)
+from data_contracts.layout import JobFiles
+from infra.profiles import load_profile
+from tasks.specialists.architectures import ARCHS, ArchSpec, arch_spec, lr_scale_of
+from tasks.specialists.data import (CachedImages, ImageDataset, SpecialistData, Split, collate_images,
+                                   data_from_samples, decode_all, make_datasets)
+from tasks.specialists.models import SCRATCH_NOTE, build_model, create_model, embedding_dim, forward_embed
+from tasks.specialists.outputs import load_result, read_card
+from tasks.specialists.settings import Recipe
+from tasks.specialists.training import Runtime, predict, train_specialist
+
+TINY = load_profile("tiny").specialists
+
+
+def tiny_arch(name: str) -> ArchSpec:
+    """The architecture as the tiny profile trains it (its sizes; no weights, so from scratch)."""
+    return arch_spec(name, TINY.arch_settings[name])
+
 
 TINY_EMB_DIM = {"vgg16": 4096, "alexnet": 512, "resnet18": 128, "densenet121": 256, "efficientnet_b4": 640,
                 "vit_b16": 64, "clip_vit_b16": 64, "eva02_vit_b16": 64, "dino_vit_b16": 64, "sam_vit_b16": 32}
@@ -84,7 +97,7 @@ def test_tiny_arch_builds_and_embeds(name):
     for size in (arch.img_size or 32, 224):
         torch.manual_seed(0)
         model, init = build_model(arch, 5, size)
-        assert init.init == "scratch" and init.note.startswith(sp.SCRATCH_NOTE)
+        assert init.init == "scratch" and init.note.startswith(SCRATCH_NOTE)
         model.eval()
         x = torch.randn(2, 3, size, size)
         with torch.no_grad():
@@ -106,9 +119,9 @@ def test_full_archs_pin_registered_weights():
             torchvision.models.get_model_weights(a.model_name)[a.pretrained_tag]  # raises if not a weights enum name
     assert ARCHS["sam_vit_b16"].full_name == "samvit_base_patch16.sa1b"
     assert ARCHS["dino_vit_b16"].full_name == "vit_base_patch16_224.dino"
-    assert sp.create_model(tiny_arch("alexnet"), 2, 64) is not None
+    assert create_model(tiny_arch("alexnet"), 2, 64) is not None
     with pytest.raises(ValueError, match="at least 63 px"):
-        sp.create_model(tiny_arch("alexnet"), 2, 32)
+        create_model(tiny_arch("alexnet"), 2, 32)
 
 
 def test_data_path_gray_rgb_arrays_and_bad_bytes():
@@ -117,21 +130,21 @@ def test_data_path_gray_rgb_arrays_and_bad_bytes():
     rgb = _draw(["ring"], rng, size=40, rgb=True)
     arr = np.asarray(_draw(["stripes"], rng, size=40))
     images = [_encode(gray, "PNG"), _encode(rgb, "JPEG"), arr, np.stack([arr] * 3, -1)]
-    ds = sp.ImageDataset(images, 32, ids=["a", "b", "c", "d"], where="t/train")
+    ds = ImageDataset(images, 32, ids=["a", "b", "c", "d"], where="t/train")
     assert ds[0][0].shape == (1, 32, 32) and ds[1][0].shape == (3, 32, 32) and ds[2][0].shape == (1, 32, 32)
-    x, idx = sp.collate_images([ds[i] for i in range(4)])
+    x, idx = collate_images([ds[i] for i in range(4)])
     assert x.dtype == torch.uint8 and x.shape == (4, 3, 32, 32) and idx.tolist() == [0, 1, 2, 3]
     assert torch.equal(x[0, 0], x[0, 2]) and torch.equal(x[2], x[3])  # grayscale repeated into 3 equal channels
     want = np.asarray(gray.resize((32, 32), Image.Resampling.BILINEAR))
     assert np.array_equal(x[0, 0].numpy(), want)
-    cached = sp.decode_all(ds)
+    cached = decode_all(ds)
     assert torch.equal(cached, x)
-    assert sp.decode_all(sp.ImageDataset(images[:1] + images[2:3], 32)).shape == (2, 1, 32, 32)  # gray set: 1 channel
-    rt = sp.Runtime("cpu", Recipe(), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert decode_all(ImageDataset(images[:1] + images[2:3], 32)).shape == (2, 1, 32, 32)  # gray set: 1 channel
+    rt = Runtime("cpu", Recipe(), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     xin = rt.prepare(cached[2:3, :1])
     assert xin.shape == (1, 3, 32, 32)
     torch.testing.assert_close(xin[0, 1], (cached[2, 0].float() / 255 - 0.5) / 0.25)
-    bad = sp.ImageDataset([b"not an image"], 32, ids=["x-17"], where="t/val")
+    bad = ImageDataset([b"not an image"], 32, ids=["x-17"], where="t/val")
     with pytest.raises(DataError, match=r"t/val row 0 \(sample x-17\) field 'image'"):
         bad[0]
 
@@ -161,7 +174,7 @@ def test_multiclass_training_beats_chance_and_outputs_reload(tmp_path):
     assert not (out / "last.pt").exists() and not list(out.glob(".*.tmp"))
     sd = safetensors.torch.load_file(str(out / "best.safetensors"))
     assert "fc.weight" in sd and sd["fc.weight"].shape == (3, 128)
-    card = sp.read_card(out / "best.safetensors")
+    card = read_card(out / "best.safetensors")
     assert card["epoch"] == res.best_epoch and card["label_names"] == list(SHAPES)
     done = json.loads((out / "done.json").read_text())
     assert done["fingerprint"] == res.fingerprint and done["metrics"] == res.metrics
@@ -207,7 +220,7 @@ def test_multilabel_uses_bce_and_multi_hot_predictions(tmp_path):
 def test_early_stopping_keeps_best_val_loss_epoch(tmp_path):
     # half the labels are noise: validation loss falls while the shapes are learnt, then rises as the noise is fitted
     data = _data(seed=5, sizes=(60, 30, 15), label_noise=0.5)
-    recipe = _recipe(max_epochs=25, lr=3e-3 / sp.lr_scale_of(tiny_arch("resnet18")), patience=2)  # a step of 3e-3
+    recipe = _recipe(max_epochs=25, lr=3e-3 / lr_scale_of(tiny_arch("resnet18")), patience=2)  # a step of 3e-3
     res = train_specialist(data, tiny_arch("resnet18"), recipe, tmp_path / "es")
     vals = [h["val_loss"] for h in res.history]
     assert res.stopped_early and res.epochs_run < 25
@@ -230,36 +243,36 @@ def test_missing_weights_fail_clearly_unless_scratch_allowed(tmp_path):
         build_model(ARCHS["resnet18"], 3, 32)
     missing = tmp_path / "nowhere" / "alexnet.pth"
     with pytest.raises(FileNotFoundError, match=rf"'alexnet'.*{missing}.*alexnet-owt-7be5be79\.pth"):
-        build_model(dataclasses.replace(ARCHS["alexnet"], weights_path=str(missing)), 3, 224)
+        build_model(ARCHS["alexnet"].model_copy(update=dict(weights_path=str(missing))), 3, 224)
     with pytest.raises(FileNotFoundError, match="weights_path"):
         train_specialist(_data(sizes=(6, 3, 3)), ARCHS["resnet18"], _recipe(), tmp_path / "job")
     assert not (tmp_path / "job" / "done.json").exists()
-    _, init = build_model(dataclasses.replace(tiny_arch("resnet18"), weights_path=str(missing)), 3, 32)
+    _, init = build_model(tiny_arch("resnet18").model_copy(update=dict(weights_path=str(missing))), 3, 32)
     assert init.init == "scratch" and init.note.startswith("weights absent: trained from scratch") and str(missing) in init.note
 
 
 def test_local_weights_load_except_new_head(tmp_path):
     arch = tiny_arch("resnet18")
     torch.manual_seed(1)
-    src = sp.create_model(arch, 1000, 32)
+    src = create_model(arch, 1000, 32)
     path = tmp_path / "model.safetensors"
     safetensors.torch.save_file(src.state_dict(), str(path))
-    model, init = build_model(dataclasses.replace(arch, weights_path=str(path), allow_scratch=False), 3, 32)
+    model, init = build_model(arch.model_copy(update=dict(weights_path=str(path), allow_scratch=False)), 3, 32)
     assert init.init == "pretrained" and sorted(init.skipped_for_head) == ["fc.bias", "fc.weight"]
     assert init.weights_sha256 and str(path) in init.note
     torch.testing.assert_close(model.state_dict()["layer1.0.conv1.weight"], src.state_dict()["layer1.0.conv1.weight"])
     assert model.fc.weight.shape == (3, 128)
 
     vit = tiny_arch("vit_b16")
-    vsrc = sp.create_model(vit, 1000, 32)
+    vsrc = create_model(vit, 1000, 32)
     pth = tmp_path / "vit.pth"
     torch.save({"state_dict": vsrc.state_dict()}, pth)  # a wrapped torch checkpoint, read with weights_only=True
-    vmodel, vinit = build_model(dataclasses.replace(vit, weights_path=str(pth)), 2, 32)
+    vmodel, vinit = build_model(vit.model_copy(update=dict(weights_path=str(pth))), 2, 32)
     assert sorted(vinit.skipped_for_head) == ["head.bias", "head.weight"]
     torch.testing.assert_close(vmodel.pos_embed, vsrc.pos_embed)
 
     with pytest.raises(ValueError, match=rf"{pth}: weights do not fit arch 'resnet18'.*missing"):
-        build_model(dataclasses.replace(arch, weights_path=str(pth)), 3, 32)
+        build_model(arch.model_copy(update=dict(weights_path=str(pth))), 3, 32)
 
 
 def test_killed_job_resumes_to_the_same_result(tmp_path, kill_at_validation):
@@ -268,7 +281,7 @@ def test_killed_job_resumes_to_the_same_result(tmp_path, kill_at_validation):
     ref = train_specialist(data, arch, recipe, tmp_path / "ref")
 
     kill_at_validation(3, data, arch, recipe, tmp_path / "job")
-    assert sp.load_result(tmp_path / "job") is None and (tmp_path / "job" / "last.pt").is_file()
+    assert load_result(JobFiles(tmp_path / "job")) is None and (tmp_path / "job" / "last.pt").is_file()
 
     res = train_specialist(data, arch, recipe, tmp_path / "job")
     assert res.status == "resumed" and res.epochs_run == 4
@@ -282,13 +295,13 @@ def test_killed_job_resumes_to_the_same_result(tmp_path, kill_at_validation):
 def test_train_and_val_are_decoded_once_within_the_cache_budget():
     data = _data(sizes=(30, 12, 6))
     each = 3 * 32 * 32
-    ds, place = sp.make_datasets(data, 32, Recipe(cache_max_bytes=20 * each), torch.device("cpu"))
+    ds, place = make_datasets(data, 32, Recipe(cache_max_bytes=20 * each), torch.device("cpu"))
     assert place == {"train": "stream", "val": "host", "test": "stream"}  # train is over the budget, val fits
-    assert isinstance(ds["val"], sp.CachedImages) and ds["val"].x.shape == (12, 1, 32, 32)  # grayscale: 1 channel
-    assert isinstance(ds["train"], sp.ImageDataset) and isinstance(ds["test"], sp.ImageDataset)
+    assert isinstance(ds["val"], CachedImages) and ds["val"].x.shape == (12, 1, 32, 32)  # grayscale: 1 channel
+    assert isinstance(ds["train"], ImageDataset) and isinstance(ds["test"], ImageDataset)
     x, idx = ds["val"].__getitems__([3, 1])
-    assert torch.equal(x[0], sp.ImageDataset(data.val.images, 32)[3][0]) and idx.tolist() == [3, 1]
-    _, place = sp.make_datasets(data, 32, Recipe(cache_max_bytes=42 * each), torch.device("cpu"))
+    assert torch.equal(x[0], ImageDataset(data.val.images, 32)[3][0]) and idx.tolist() == [3, 1]
+    _, place = make_datasets(data, 32, Recipe(cache_max_bytes=42 * each), torch.device("cpu"))
     assert place == {"train": "host", "val": "host", "test": "stream"}
 
 
@@ -304,13 +317,13 @@ def test_data_from_canonical_samples_frames():
                              "label_set": [["a", "b", "No finding"]] * len(labels)})
 
     ml = [["a"], ["a", "b"], ["No finding"]]
-    data = sp.data_from_samples(frame("train", ml), frame("val", ml), frame("test", ml), digest="d1")
+    data = data_from_samples(frame("train", ml), frame("val", ml), frame("test", ml), digest="d1")
     assert data.task_type == "multilabel" and data.label_names == ["a", "b", "No finding"]
     np.testing.assert_array_equal(data.train.targets, [[1, 0, 0], [1, 1, 0], [0, 0, 1]])
     assert data.content_digest() == "d1"
     mc = [["b"], ["a"], ["No finding"]]
-    data = sp.data_from_samples(*(frame(s, mc, "multiclass") for s in ("train", "val", "test")))
+    data = data_from_samples(*(frame(s, mc, "multiclass") for s in ("train", "val", "test")))
     assert data.test.targets.tolist() == [1, 0, 2] and len(data.content_digest()) == 32
     with pytest.raises(DataError, match=r"toy/val row 1 field 'labels'"):
-        sp.data_from_samples(frame("train", mc, "multiclass"), frame("val", [["a"], ["a", "b"], ["b"]], "multiclass"),
+        data_from_samples(frame("train", mc, "multiclass"), frame("val", [["a"], ["a", "b"], ["b"]], "multiclass"),
                              frame("test", mc, "multiclass"))

@@ -3,12 +3,12 @@ architectures x five generated diagnosis sets, with the profile's own settings) 
 still returns a best epoch from before the interruption.
 
     OMP_NUM_THREADS=1 pytest -q tests/test_specialist_tiny.py
-    python benchmarks/tiny_specialists.py          # all 50 jobs with timings (not a test)
+    python perf/tiny_specialists.py          # all 50 jobs with timings (not a test)
 """
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
+import json
 import math
 
 import numpy as np
@@ -16,16 +16,22 @@ import pytest
 import torch
 from torch import nn
 
-import tasks.specialist as sp
 from data_contracts.io import read_samples
+from data_contracts.layout import RunLayout
+from data_contracts.layout import SPLITS
 from infra.profiles import load_profile
-from tasks.specialist import Recipe, constant_baseline, tiny_arch, tiny_recipe, train_specialist
-from tasks.specialist_jobs import arch_spec, job_specs, run_job
+from tasks.specialists.architectures import ARCHS, ArchSpec, arch_recipe, arch_spec, lr_scale_of
+from tasks.specialists.data import data_from_samples
+from tasks.specialists.models import create_model, forward_embed
+from tasks.specialists.outputs import constant_baseline, read_card
+from tasks.specialists.settings import Recipe
+from tasks.specialists.stage import DevicePool, job_specs, run_job, run_on_slot
+from tasks.specialists.training import _loss_value, predict, train_specialist
 
 DIAGNOSIS_SETS = ("chestmnist", "pneumoniamnist", "breastmnist", "dermnet", "ham10000")
-TINY = load_profile("tiny")["specialists"]
-ARCH_NAMES = tuple(TINY["architectures"])
-MARGIN = 0.15  # the bar over chance; measured margins are 0.24-0.85 (benchmarks/measured/tiny_specialists_cpu.json)
+TINY = load_profile("tiny").specialists
+ARCH_NAMES = tuple(TINY.architectures)
+MARGIN = 0.15  # the bar over chance; measured margins are 0.24-0.85 (perf/measured/tiny_specialists_cpu.json)
 # every epoch's validation AUC on DermNet's 5-of-23 classes, and on rare ChestMNIST labels, is undefined
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning",
                                         "ignore:Only one class is present")
@@ -34,25 +40,35 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMet
 @pytest.fixture(scope="module")
 def tiny_data(tiny_tables):
     """SpecialistData of the tiny diagnosis sets (generated in their raw formats and ingested like a user's data)."""
-    return {name: sp.data_from_samples(*[read_samples(tiny_tables, name, s) for s in sp.SPLIT_NAMES])
+    return {name: data_from_samples(*[read_samples(tiny_tables, name, s) for s in SPLITS])
             for name in DIAGNOSIS_SETS}
 
 
-def test_tiny_profile_trains_what_tiny_arch_and_tiny_recipe_describe():
-    assert set(ARCH_NAMES) == set(sp.ARCHS) and TINY["threads"] == 1
-    for name in ARCH_NAMES:
-        assert arch_spec(name, TINY["arch_settings"][name]) == tiny_arch(name), name
-    assert Recipe.from_dict(TINY["recipe"]) == tiny_recipe()
+def tiny_arch(name: str) -> ArchSpec:
+    """The architecture as the tiny profile trains it."""
+    return arch_spec(name, TINY.arch_settings[name])
+
+
+def tiny_recipe(**changes) -> Recipe:
+    """The tiny profile's recipe, with `changes`."""
+    return TINY.recipe.model_copy(update=changes)
+
+
+def test_tiny_profile_trains_every_architecture_from_scratch_one_thread_a_job():
+    assert set(ARCH_NAMES) == set(ARCHS) and TINY.threads == 1
+    assert all(tiny_arch(name).allow_scratch for name in ARCH_NAMES)
 
 
 @pytest.fixture(scope="module")
 def tiny_jobs(tiny_tables, tmp_path_factory):
     """All 50 tiny-profile jobs, trained as the specialists flow runs them on 2 CPU cores: the job function with the
     profile's settings, two at a time on threads of this process, one torch thread each."""
-    specs = job_specs(str(tiny_tables), str(tmp_path_factory.mktemp("tiny-jobs")), list(DIAGNOSIS_SETS), TINY)
+    layout = RunLayout(tmp_path_factory.mktemp("tiny-jobs"))
+    layout.tables.symlink_to(tiny_tables)
+    specs = job_specs(layout, list(DIAGNOSIS_SETS), TINY)
     threads = torch.get_num_threads()  # each job sets the profile's 1 thread for the process
     try:
-        with concurrent.futures.ThreadPoolExecutor(TINY["cpu_slots"]) as pool:
+        with concurrent.futures.ThreadPoolExecutor(TINY.cpu_slots) as pool:
             results = list(pool.map(run_job, specs))
     finally:
         torch.set_num_threads(threads)
@@ -65,8 +81,8 @@ def test_every_tiny_job_beats_chance(tiny_jobs, tiny_data, arch_name, dataset):
     res, data = tiny_jobs[(dataset, arch_name)], tiny_data[dataset]
     arch = tiny_arch(arch_name)
     assert res["status"] == "trained" and res["init"] == "scratch"
-    assert float(res["params"]["lr"]) == pytest.approx(TINY["recipe"]["lr"] * sp.lr_scale_of(arch))
-    assert res["params"]["recipe.max_epochs"] == str(sp.arch_recipe(arch, tiny_recipe()).max_epochs)
+    assert float(res["params"]["lr"]) == pytest.approx(TINY.recipe.lr * lr_scale_of(arch))
+    assert res["params"]["recipe.max_epochs"] == str(arch_recipe(arch, tiny_recipe()).max_epochs)
     m = res["metrics"]
     chance = constant_baseline(data.task_type, data.test.targets, data.num_classes)
     if data.task_type == "multilabel":
@@ -95,11 +111,10 @@ def test_constant_baseline():
 
 def test_tiny_recipe_and_profile_specs_round_trip():
     r = tiny_recipe()
-    assert (r.img_size, r.batch_size, r.max_epochs, r.lr) == (32, 16, 12, 5e-4)
-    assert tiny_recipe(max_epochs=3).max_epochs == 3
-    for name in sp.ARCHS:
+    assert Recipe.model_validate(r.model_dump(mode="json")) == r and tiny_recipe(max_epochs=3).max_epochs == 3
+    for name in ARCHS:
         a = tiny_arch(name)
-        assert a.allow_scratch and sp.ArchSpec.from_dict(a.to_dict()) == a  # YAML/JSON-able as a profile gives it
+        assert ArchSpec.model_validate(a.to_dict()) == a  # YAML/JSON-able as a profile gives it
 
 
 def _blocks(model):
@@ -109,8 +124,8 @@ def _blocks(model):
 def test_efficientnet_b4_keeps_its_depth_at_half_width_and_starts_residuals_as_identity():
     arch = tiny_arch("efficientnet_b4")
     torch.manual_seed(0)
-    model = sp.create_model(arch, 5, arch.img_size)
-    full = sp.create_model(dataclasses.replace(arch, overrides={}), 5, 24)  # timm's registered efficientnet_b4
+    model = create_model(arch, 5, arch.img_size)
+    full = create_model(arch.model_copy(update={"overrides": {}}), 5, 24)  # timm's registered efficientnet_b4
     assert [len(s) for s in model.blocks] == [len(s) for s in full.blocks] == [2, 4, 4, 6, 6, 8, 2]
     assert model.conv_head.out_channels == 640 and full.conv_head.out_channels == 1792
     assert model.pretrained_cfg["tag"] == "ra2_in1k"
@@ -124,21 +139,21 @@ def test_efficientnet_b4_keeps_its_depth_at_half_width_and_starts_residuals_as_i
     model.eval()
     x = torch.randn(3, 3, 24, 24)
     with torch.no_grad():
-        logits, emb = sp.forward_embed(model, arch, x)
+        logits, emb = forward_embed(model, arch, x)
     assert torch.count_nonzero(logits) == 0 and emb.std() > 0  # a zero head over live features
 
 
 def test_vgg16_and_alexnet_keep_their_layer_structure():
-    vgg = sp.create_model(tiny_arch("vgg16"), 3, 32)
+    vgg = create_model(tiny_arch("vgg16"), 3, 32)
     convs = [m for m in vgg.features if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convs] == [16, 16, 32, 32, 64, 64, 64, 128, 128, 128, 128, 128, 128]
     norms = [m for m in vgg.features if isinstance(m, nn.BatchNorm2d)]
     assert len(norms) == 13
     assert vgg.pre_logits.fc1.out_channels == 64 and vgg.pre_logits.fc2.out_channels == 4096
-    plain = sp.create_model(dataclasses.replace(tiny_arch("vgg16"), overrides={"channel_multiplier": 0.25}), 3, 32)
+    plain = create_model(tiny_arch("vgg16").model_copy(update={"overrides": {"channel_multiplier": 0.25}}), 3, 32)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
 
-    alex = sp.create_model(tiny_arch("alexnet"), 3, 64)
+    alex = create_model(tiny_arch("alexnet"), 3, 64)
     assert len([m for m in alex.features if isinstance(m, nn.Conv2d)]) == 5
     fcs = [m for m in alex.classifier if isinstance(m, nn.Linear)]
     assert [(f.in_features, f.out_features) for f in fcs] == [(9216, 512), (512, 512), (512, 3)]
@@ -147,7 +162,7 @@ def test_vgg16_and_alexnet_keep_their_layer_structure():
 
 def test_build_overrides_fail_clearly_where_they_do_not_apply():
     def build(name, overrides, size=32):
-        return sp.create_model(dataclasses.replace(sp.ARCHS[name], overrides=overrides), 3, size)
+        return create_model(ARCHS[name].model_copy(update={"overrides": overrides}), 3, size)
 
     with pytest.raises(ValueError, match="both channel_multiplier and depth_multiplier"):
         build("efficientnet_b4", {"channel_multiplier": 0.5})
@@ -156,9 +171,9 @@ def test_build_overrides_fail_clearly_where_they_do_not_apply():
     with pytest.raises(ValueError, match="fc_hidden_width"):
         build("alexnet", {"fc_hidden_width": 0}, 64)
     with pytest.raises(ValueError, match="lr_scale must be a number > 0, got 0"):
-        sp.lr_scale_of(dataclasses.replace(sp.ARCHS["vit_b16"], overrides={"lr_scale": 0}))
+        lr_scale_of(ARCHS["vit_b16"].model_copy(update={"overrides": {"lr_scale": 0}}))
     with pytest.raises(ValueError, match="'vit_b16': epochs_scale must be a number > 0, got 'x'"):
-        sp.arch_recipe(dataclasses.replace(sp.ARCHS["vit_b16"], overrides={"epochs_scale": "x"}), tiny_recipe())
+        arch_recipe(ARCHS["vit_b16"].model_copy(update={"overrides": {"epochs_scale": "x"}}), tiny_recipe())
     # lr_scale and epochs_scale are training settings: the model is the same with or without them
     torch.manual_seed(0)
     a = build("resnet18", {"channels": [8, 16, 32, 64], "lr_scale": 4, "epochs_scale": 2})
@@ -169,19 +184,19 @@ def test_build_overrides_fail_clearly_where_they_do_not_apply():
 
 def test_arch_recipe_scales_lr_and_epochs_only():
     r = tiny_recipe()
-    assert sp.arch_recipe(sp.ARCHS["vit_b16"], r) is r
-    eva = sp.arch_recipe(tiny_arch("eva02_vit_b16"), r)  # lr_scale 2, epochs_scale 6
+    assert arch_recipe(ARCHS["vit_b16"], r) is r
+    eva = arch_recipe(tiny_arch("eva02_vit_b16"), r)  # lr_scale 2, epochs_scale 6
     assert (eva.lr, eva.min_lr, eva.max_epochs) == pytest.approx((2 * r.lr, 2 * r.min_lr, 6 * r.max_epochs))
     assert (eva.patience, eva.warmup_epochs, eva.batch_size) == (r.patience, r.warmup_epochs, r.batch_size)
-    short = sp.arch_recipe(dataclasses.replace(sp.ARCHS["vit_b16"], overrides={"epochs_scale": 0.01}), r)
+    short = arch_recipe(ARCHS["vit_b16"].model_copy(update={"overrides": {"epochs_scale": 0.01}}), r)
     assert short.max_epochs == 1
 
 
 def test_kaiming_init_gives_he_scaled_weights_and_zero_biases():
     torch.manual_seed(0)
-    alex = sp.create_model(tiny_arch("alexnet"), 3, 64)
+    alex = create_model(tiny_arch("alexnet"), 3, 64)
     torch.manual_seed(0)
-    default = sp.create_model(dataclasses.replace(tiny_arch("alexnet"), overrides={"fc_hidden_width": 512}), 3, 64)
+    default = create_model(tiny_arch("alexnet").model_copy(update={"overrides": {"fc_hidden_width": 512}}), 3, 64)
     for layer, ref in zip([m for m in alex.modules() if isinstance(m, (nn.Conv2d, nn.Linear))],
                           [m for m in default.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]):
         fan_in = layer.weight[0].numel()
@@ -190,10 +205,10 @@ def test_kaiming_init_gives_he_scaled_weights_and_zero_biases():
         assert torch.count_nonzero(layer.bias) == 0
 
 
-def _vit_epochs_as_recipe() -> sp.ArchSpec:
+def _vit_epochs_as_recipe() -> ArchSpec:
     """The tiny ViT-B/16 with the recipe's epoch count (no epochs_scale), for tests that script each epoch."""
     arch = tiny_arch("vit_b16")
-    return dataclasses.replace(arch, overrides={k: v for k, v in arch.overrides.items() if k != "epochs_scale"})
+    return arch.model_copy(update={"overrides": {k: v for k, v in arch.overrides.items() if k != "epochs_scale"}})
 
 
 def test_resumed_job_returns_an_earlier_best_epoch(tiny_data, tmp_path, monkeypatch, kill_at_validation):
@@ -201,12 +216,12 @@ def test_resumed_job_returns_an_earlier_best_epoch(tiny_data, tmp_path, monkeypa
     # epoch-0 checkpoint written before the kill (a resumed run must not have deleted it)
     data, arch = tiny_data["breastmnist"], _vit_epochs_as_recipe()
     recipe = tiny_recipe(max_epochs=4, patience=10, resume_every_s=0.0)
-    real_loss, script = sp._loss_value, []
+    real_loss, script = _loss_value, []
 
     def scripted_loss(*a):  # the per-epoch validation losses, then the real ones for the final metrics
         return script.pop(0) if script else real_loss(*a)
 
-    monkeypatch.setattr(sp, "_loss_value", scripted_loss)
+    monkeypatch.setattr("tasks.specialists.training._loss_value", scripted_loss)
     script[:] = [1.0, 2.0]
     kill_at_validation(3, data, arch, recipe, tmp_path / "job")
     assert (tmp_path / "job" / "best.safetensors").is_file() and (tmp_path / "job" / "last.pt").is_file()
@@ -215,8 +230,8 @@ def test_resumed_job_returns_an_earlier_best_epoch(tiny_data, tmp_path, monkeypa
     res = train_specialist(data, arch, recipe, tmp_path / "job")
     assert res.status == "resumed" and res.epochs_run == 4 and res.best_epoch == 0
     assert [h["val_loss"] for h in res.history] == [1.0, 2.0, 3.0, 4.0]
-    assert sp.read_card(tmp_path / "job" / "best.safetensors")["epoch"] == 0
-    probs, _ = sp.predict(tmp_path / "job" / "best.safetensors", arch, data.test.images)
+    assert read_card(tmp_path / "job" / "best.safetensors")["epoch"] == 0
+    probs, _ = predict(tmp_path / "job" / "best.safetensors", arch, data.test.images)
     np.testing.assert_allclose(np.load(tmp_path / "job" / "probs_test.npy"), probs, atol=1e-5)
 
 
@@ -227,3 +242,18 @@ def test_resume_starts_over_when_the_best_checkpoint_is_gone(tiny_data, tmp_path
     (tmp_path / "job" / "best.safetensors").unlink()
     res = train_specialist(data, arch, recipe, tmp_path / "job")
     assert res.status == "trained" and res.epochs_run == 3
+
+
+def test_a_subprocess_isolated_job_runs_the_recipe_and_returns_its_result(tiny_tables, tmp_path):
+    # how GPU jobs run (one process each, CUDA_VISIBLE_DEVICES pinned): recipes/specialist_job.py in a child process
+    layout = RunLayout(tmp_path)
+    layout.tables.symlink_to(tiny_tables)
+    settings = TINY.model_copy(update={"architectures": ["resnet18"],
+                                       "recipe": TINY.recipe.model_copy(update={"max_epochs": 2})})
+    (spec,) = job_specs(layout, ["pneumoniamnist"], settings)
+    pool = DevicePool(layout.device_locks, [], cpu_slots=1)
+    res = run_on_slot(spec, pool, "subprocess")
+    assert res["status"] == "trained" and res["epochs_run"] == 2 and res["dataset"] == "pneumoniamnist"
+    files = layout.job("pneumoniamnist", "resnet18")
+    assert json.loads(files.spec.read_text())["device"] == "cpu" and files.done.is_file()
+    assert run_on_slot(spec, pool, "inprocess")["status"] == "skipped"   # same job, already finished

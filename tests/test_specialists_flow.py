@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
-from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from data_contracts.layout import RunLayout
 from tasks.tracking import tracking_uri
 
 ARCHS = ["resnet18", "vit_b16"]
@@ -26,19 +25,24 @@ SETTINGS = {
 DATASETS = ["pneumoniamnist", "breastmnist"]
 
 
-def _call(tables, out):
-    tracking = {"uri": tracking_uri(out, None), "experiment": "test-spec", "out_dir": str(out), "profile": "test"}
+def _call(out):
+    tracking = {"uri": tracking_uri(RunLayout(out), None), "experiment": "test-spec", "out_dir": str(out),
+                "profile": "test"}
     return f"""
 from flows.specialists import specialists
-print("RESULT", __import__("json").dumps(specialists({str(tables)!r}, {str(out)!r}, {DATASETS!r},
-      {SETTINGS!r}, {tracking!r})))
+from tasks.specialists.settings import SpecialistsSettings
+from tasks.tracking import Tracking
+print("RESULT", __import__("json").dumps(specialists({str(out)!r}, {DATASETS!r},
+      SpecialistsSettings.model_validate({SETTINGS!r}), Tracking(**{tracking!r}))))
 """
 
 
 def test_killed_fanout_reruns_only_unfinished_jobs(tiny_tables, tmp_path):
     out = tmp_path / "out"
+    out.mkdir()
+    RunLayout(out).tables.symlink_to(tiny_tables)
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", _call(tiny_tables, out)], env=env, start_new_session=True,
+    proc = subprocess.Popen([sys.executable, "-c", _call(out)], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     done_markers = lambda: sorted(out.glob("specialists/*/*/done.json"))  # noqa: E731
     deadline = time.time() + 240
@@ -50,7 +54,7 @@ def test_killed_fanout_reruns_only_unfinished_jobs(tiny_tables, tmp_path):
     assert 2 <= len(finished) < len(DATASETS) * len(ARCHS), proc.stdout.read()[-3000:]
     mtimes = {k: (out / "specialists" / k[0] / k[1] / "best.safetensors").stat().st_mtime_ns for k in finished}
 
-    rerun = subprocess.run([sys.executable, "-c", _call(tiny_tables, out)], env=env, capture_output=True, text=True,
+    rerun = subprocess.run([sys.executable, "-c", _call(out)], env=env, capture_output=True, text=True,
                            timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     result = json.loads(rerun.stdout.split("RESULT", 1)[1])
@@ -61,7 +65,7 @@ def test_killed_fanout_reruns_only_unfinished_jobs(tiny_tables, tmp_path):
     for k in finished:  # finished jobs were not trained again
         assert (out / "specialists" / k[0] / k[1] / "best.safetensors").stat().st_mtime_ns == mtimes[k]
 
-    client = MlflowClient(tracking_uri(out, None))
+    client = MlflowClient(tracking_uri(RunLayout(out), None))
     for ds in DATASETS:
         for arch in ARCHS:
             versions = client.search_model_versions(f"name = 'specialist-{ds}-{arch}'")

@@ -1,4 +1,4 @@
-"""DGB/DES synthesis: prompts, post-filter, resumable batches, cache on (inputs, generator, settings)."""
+"""DGB/DES synthesis: prompts, post-filter, resumable batches, cache on (inputs, generalist, settings)."""
 from __future__ import annotations
 
 import polars as pl
@@ -6,14 +6,16 @@ import pytest
 
 from data_contracts.io import read_samples
 from tasks import prompts
-from tasks.generalist import GenerationSettings, TransformersGeneralist
-from tasks.synthesis import read_synthesis, synthesize
+from data_contracts.layout import SynthesisFiles
+from tasks.generalist.backends import TransformersGeneralist
+from tasks.generalist.settings import GenerationSettings
+from tasks.generalist.synthesis import read_synthesis, synthesize
 
 SETTINGS = GenerationSettings(max_new_tokens=8, do_sample=False, num_beams=1, seed=0)
 
 
 class Counting:
-    """Wraps a real generator and counts the prompts it was asked to answer."""
+    """Wraps a real generalist and counts the prompts it was asked to answer."""
 
     def __init__(self, inner):
         self.inner, self.id, self.calls = inner, inner.id, 0
@@ -24,7 +26,7 @@ class Counting:
 
 
 class EchoCase:
-    """A generator that leaks the case text back (what a model that ignored the DES instruction would do)."""
+    """A generalist that leaks the case text back (what a model that ignored the DES instruction would do)."""
 
     id = "echo-case@1"
 
@@ -33,7 +35,7 @@ class EchoCase:
 
 
 @pytest.fixture(scope="module")
-def generator(tiny_generalist_dir):
+def generalist(tiny_generalist_dir):
     return TransformersGeneralist(str(tiny_generalist_dir), batch_size=8)
 
 
@@ -41,33 +43,33 @@ def _dgb_source(tiny_tables) -> pl.DataFrame:
     return read_samples(tiny_tables, "dermnet", "train").head(20)
 
 
-def test_dgb_prompts_and_outputs_recorded(tiny_tables, generator, tmp_path):
+def test_dgb_prompts_and_outputs_recorded(tiny_tables, generalist, tmp_path):
     src = _dgb_source(tiny_tables)
-    res = synthesize("dgb", src, generator, SETTINGS, tmp_path / "dgb", batch_size=8)
+    res = synthesize("dgb", src, generalist, SETTINGS, SynthesisFiles(tmp_path / "dgb"), batch_size=8)
     assert res.status == "written" and res.rows == 20 and res.generated == 20
-    df = read_synthesis(tmp_path / "dgb")
+    df = read_synthesis(SynthesisFiles(tmp_path / "dgb"))
     row = df.filter(pl.col("source_sample_id") == src["sample_id"][0]).row(0, named=True)
     assert row["prompt"] == prompts.dgb_prompt(src["modality"][0], ", ".join(src["labels"][0]))
     assert row["prompt"].startswith("You are a helpful medical assistant. Your task is medical report generation. "
                                     "You are given a dermatology photograph image, and the diagnosis is ")
-    assert row["generator"] == generator.id and '"max_new_tokens": 8' in row["settings"]
+    assert row["generalist"] == generalist.id and '"max_new_tokens": 8' in row["settings"]
     assert set(df["kind"]) == {"dgb"} and df["sample_id"].n_unique() == 20
 
 
-def test_killed_synthesis_resumes_without_regenerating(tiny_tables, generator, tmp_path):
+def test_killed_synthesis_resumes_without_regenerating(tiny_tables, generalist, tmp_path):
     src = _dgb_source(tiny_tables)
-    g = Counting(generator)
+    g = Counting(generalist)
     with pytest.raises(InterruptedError):
-        synthesize("dgb", src, g, SETTINGS, tmp_path / "dgb", batch_size=8, stop_after_batches=1)
+        synthesize("dgb", src, g, SETTINGS, SynthesisFiles(tmp_path / "dgb"), batch_size=8, stop_after_batches=1)
     assert g.calls == 8
     assert len(list((tmp_path / "dgb" / "parts").glob("part-*.parquet"))) == 1
-    res = synthesize("dgb", src, g, SETTINGS, tmp_path / "dgb", batch_size=8)
+    res = synthesize("dgb", src, g, SETTINGS, SynthesisFiles(tmp_path / "dgb"), batch_size=8)
     assert res.status == "written" and res.generated == 12 and res.rows == 20 and g.calls == 20
-    again = synthesize("dgb", src, g, SETTINGS, tmp_path / "dgb", batch_size=8)
+    again = synthesize("dgb", src, g, SETTINGS, SynthesisFiles(tmp_path / "dgb"), batch_size=8)
     assert again.status == "cached" and again.generated == 0 and g.calls == 20 and again.digest == res.digest
     # other settings are another cache entry: everything is generated again
     other = synthesize("dgb", src, g, GenerationSettings(max_new_tokens=4, do_sample=False, num_beams=1, seed=0),
-                       tmp_path / "dgb", batch_size=8)
+                       SynthesisFiles(tmp_path / "dgb"), batch_size=8)
     assert other.status == "written" and other.generated == 20 and g.calls == 40
 
 
@@ -76,8 +78,8 @@ def test_des_postfilter_removes_planted_identifiers(tiny_tables, tiny_root, tmp_
     cases = {c["uid"]: c for c in map(json.loads, (tiny_root / "openi_cases" / "cases.jsonl").read_text()
                                       .splitlines())}
     src = read_samples(tiny_tables, "openi_cases", "train")
-    res = synthesize("des", src, EchoCase(), SETTINGS, tmp_path / "des", batch_size=16)
-    df = read_synthesis(tmp_path / "des")
+    res = synthesize("des", src, EchoCase(), SETTINGS, SynthesisFiles(tmp_path / "des"), batch_size=16)
+    df = read_synthesis(SynthesisFiles(tmp_path / "des"))
     planted = 0
     for r in df.iter_rows(named=True):
         case = cases[r["source_sample_id"].split(":", 1)[1]]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.voting import vote
+from tasks.evaluation.voting import vote
 
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 CHEST = ["atelectasis", "effusion", "mass", "No finding"]

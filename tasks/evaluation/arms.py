@@ -1,0 +1,121 @@
+"""The GSCo arms (SPEC §7): per-sample predictions of MedDr alone, +MoED, +RAD, GSCo, Voting and every specialist on
+a benchmark test split, and MedDr's answers on VQA and report sets.
+
+    preds = diagnosis_predictions(test, card, generalist, generation, specialist_preds, rad_refs)
+
+Arms on diagnosis sets: MedDr alone, MedDr+MoED (the specialists' predicted label names), MedDr+RAD (labels of the
+top-k retrieved training cases), GSCo (both) with the Fig. A4 prompt; Voting over the specialists; every specialist
+alone. VQA and report sets are answered by MedDr alone. Predictions are kept per sample (data_contracts/predictions.py),
+so every number can be recomputed from the predictions table without running a model.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from data_contracts.cards import DataCard
+from data_contracts.predictions import PREDICTIONS_SCHEMA
+from tasks import prompts
+from tasks.evaluation.parsing import parse_answer
+from tasks.evaluation.settings import GENERALIST_ARMS
+from tasks.evaluation.voting import vote
+
+def moed_reference(specialist_preds: Mapping[str, Mapping[str, Sequence[str]]], sample_id: str) -> list[str]:
+    """MoED reference answers for one sample: each specialist's predicted label names, in architecture order."""
+    out: list[str] = []
+    for arch in specialist_preds:
+        out.extend(specialist_preds[arch][sample_id])
+    return out
+
+
+def arm_prompt(arm: str, modality: str, label_set: Sequence[str], multilabel: bool, moed: Sequence[str] | None,
+               rad: Sequence[str] | None, paraphrase: int = 0) -> str:
+    """The diagnosis prompt of one ablation arm (the missing sentence dropped)."""
+    use_moed, use_rad = GENERALIST_ARMS[arm]
+    return prompts.diagnosis_prompt(modality, label_set, multilabel, rad=list(rad) if use_rad else None,
+                                    moed=list(moed) if use_moed else None, paraphrase=paraphrase)
+
+
+def _generate(generalist, images: list[bytes], texts: list[str], settings, batch_size: int) -> list[str]:
+    out: list[str] = []
+    for i in range(0, len(texts), batch_size):
+        out.extend(generalist.generate(images[i:i + batch_size], texts[i:i + batch_size], settings))
+    return out
+
+
+def _rows(dataset: str, method: str, kind: str, ids, truth, pred, answers, failed, prompts_, answer_types=None):
+    n = len(ids)
+    return [{"dataset": dataset, "method": method, "sample_id": ids[i], "task_kind": kind, "truth": list(truth[i]),
+             "prediction": list(pred[i]), "answer_text": answers[i] if answers else None,
+             "parse_failed": bool(failed[i]), "answer_type": answer_types[i] if answer_types else None,
+             "prompt": prompts_[i] if prompts_ else None} for i in range(n)]
+
+
+def diagnosis_predictions(test: pl.DataFrame, card: DataCard, generalist, settings,
+                          specialist_preds: Mapping[str, Mapping[str, Sequence[str]]],
+                          rad_refs: Mapping[str, Sequence[str]] | None, arms: Sequence[str] = tuple(GENERALIST_ARMS),
+                          batch_size: int = 16, paraphrase: int = 0) -> pl.DataFrame:
+    """Per-sample predictions of every generalist arm, Voting and each specialist on a diagnosis test split."""
+    multilabel = card.task_type == "multilabel"
+    ids = test["sample_id"].to_list()
+    truth = test["labels"].to_list()
+    images = test["image"].to_list()
+    rows: list[dict] = []
+    for arm in arms:
+        use_moed, use_rad = GENERALIST_ARMS[arm]
+        if use_moed and not specialist_preds:
+            raise ValueError(f"{card.name}: arm {arm} needs specialist predictions (MoED), none were given")
+        if use_rad and rad_refs is None:
+            raise ValueError(f"{card.name}: arm {arm} needs retrieved neighbours (RAD), none were given")
+        texts = [arm_prompt(arm, card.modality, card.labels, multilabel,
+                            moed_reference(specialist_preds, s) if use_moed else None,
+                            rad_refs[s] if use_rad else None, paraphrase) for s in ids]
+        answers = _generate(generalist, images, texts, settings, batch_size)
+        parsed = [parse_answer(a, card.labels, multilabel) for a in answers]
+        rows += _rows(card.name, arm, "diagnosis", ids, truth, [p.labels for p in parsed], answers,
+                      [p.failed for p in parsed], texts)
+    if specialist_preds:
+        voted = [vote([specialist_preds[a][s] for a in specialist_preds], multilabel, card.labels) for s in ids]
+        rows += _rows(card.name, "Voting", "diagnosis", ids, truth, voted, None, [False] * len(ids), None)
+        for arch, preds in specialist_preds.items():
+            rows += _rows(card.name, f"specialist:{arch}", "diagnosis", ids, truth, [preds[s] for s in ids], None,
+                          [False] * len(ids), None)
+    return pl.from_arrow(pa.Table.from_pylist(rows, schema=PREDICTIONS_SCHEMA))
+
+
+def vqa_predictions(test: pl.DataFrame, card: DataCard, generalist, settings, batch_size: int = 16) -> pl.DataFrame:
+    """MedDr's answers to a VQA test split (VQA template of Fig. A3)."""
+    ids = test["sample_id"].to_list()
+    texts = [prompts.vqa_prompt(q) for q in test["question"].to_list()]
+    answers = _generate(generalist, test["image"].to_list(), texts, settings, batch_size)
+    rows = _rows(card.name, "MedDr", "vqa", ids, [[a] for a in test["answer"].to_list()], [[a] for a in answers],
+                 answers, [False] * len(ids), texts, test["answer_type"].to_list())
+    return pl.from_arrow(pa.Table.from_pylist(rows, schema=PREDICTIONS_SCHEMA))
+
+
+def report_predictions(test: pl.DataFrame, card: DataCard, generalist, settings,
+                       batch_size: int = 16) -> pl.DataFrame:
+    """MedDr's generated reports for a report test split (MRG template of Fig. A3)."""
+    ids = test["sample_id"].to_list()
+    texts = [prompts.mrg_prompt()] * len(ids)
+    answers = _generate(generalist, test["image"].to_list(), texts, settings, batch_size)
+    rows = _rows(card.name, "MedDr", "report", ids, [[t] for t in test["text"].to_list()], [[a] for a in answers],
+                 answers, [False] * len(ids), texts)
+    return pl.from_arrow(pa.Table.from_pylist(rows, schema=PREDICTIONS_SCHEMA))
+
+
+def specialist_predictions(path: Path, card: DataCard) -> dict[str, list[str]]:
+    """Sample id -> predicted label names from a specialist job's test_predictions.jsonl (empty multilabel -> the
+    label set's "No finding")."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        r = json.loads(line)
+        labels = list(r["predicted"])
+        if not labels and "No finding" in card.labels:
+            labels = ["No finding"]
+        out[r["sample_id"]] = labels
+    return out

@@ -1,0 +1,290 @@
+"""The generalist (MedDr) side as stages, each key -> run -> MLflow record: the base model, DGB/DES synthesis, the
+instruction corpus, LoRA fine-tuning.
+
+    base = prepare_base(profile.generalist, layout, datasets)          # {"status", "path", "digest", "name"}
+    synth = run_synthesis("dgb", layout, datasets, generalist, profile.synthesis.dgb)
+    corpus = build_corpus(layout, datasets, [synth, ...], profile.corpus)
+    ft = run_finetune(base, corpus, profile.finetune, layout)
+
+Each returns `status` ("built"/"written"/"trained", "external", "empty" or "cached"), digests and paths; the
+`record_*` functions log one MLflow run per stage, linked by dataset digests (tables, synthesis, corpus) and model
+digests (base, adapter, merged), and return what later stages need (model ids, digests).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+
+from data_contracts.cards import get_card
+from data_contracts.files import file_sha256, write_json_atomic
+from data_contracts.io import read_manifest, read_samples
+from data_contracts.layout import RunLayout
+from infra.profiles import repo_path
+from tasks import prompts
+from tasks.cache import recorded_key, stage_key
+from tasks.generalist.corpus import SampleSource, assemble_corpus, export_internvl
+from tasks.generalist.synthesis import synthesize
+from tasks.generalist.settings import (CorpusSettings, FinetuneSettings, GeneralistSettings,
+                                       SynthesisKindSettings)
+
+BASE_NAME, ADAPTER_NAME, MERGED_NAME = "generalist-base", "meddr-adapter", "meddr-merged"
+FINETUNE_CODE = ("tasks.generalist.finetune", "tasks.generalist.chat", "recipes.finetune",
+                 "data_contracts.instructions")
+
+
+# ------------------------------------------------------------------------------------------------------ base model
+def tokenizer_texts(tables_root: Path, datasets: list[str]) -> list[str]:
+    """Texts the tiny tokenizer is trained on: every table's text fields plus the prompt templates."""
+    texts = [getattr(prompts, n) for n in dir(prompts) if n.endswith("TEMPLATE") and isinstance(getattr(prompts, n),
+                                                                                                  str)]
+    texts += [prompts.diagnosis_prompt("x-ray", ["a", "b"], True, ["a"], ["b"], p) for p in range(4)]
+    for ds in datasets:
+        m = read_manifest(tables_root, ds)
+        for split in sorted(m["splits"]):
+            df = read_samples(tables_root, ds, split, validate=False).select(
+                "question", "answer", "text", "labels", "label_set", "modality")
+            for col in ("question", "answer", "text", "modality"):
+                texts += [t for t in df[col].to_list() if t]
+            texts += [", ".join(x) for x in df["labels"].to_list() + df["label_set"].to_list()[:1] if x]
+    return texts
+
+
+def base_key(texts: list[str], config) -> str:
+    """Cache key of the tiny base model: its tokenizer texts, its config and the code that builds it."""
+    return stage_key("generalist-base", {"texts": stage_key("texts", {}, texts, ())}, config,
+                     ["tasks.generalist.tiny_internvl", "tasks.generalist.chat"])
+
+
+def prepare_base(settings: GeneralistSettings, layout: RunLayout, datasets: list[str]) -> dict:
+    """The base generalist: a configured hub id / local folder, or the tiny model built from the profile's config."""
+    from tasks.generalist.backends import resolve_checkpoint, weights_fingerprint
+    from tasks.generalist.tiny_internvl import build_tiny_internvl
+
+    if settings.model:
+        _, local = resolve_checkpoint(settings.model, settings.local_files_only, settings.revision)
+        return {"status": "external", "path": str(local), "digest": weights_fingerprint(local),
+                "name": settings.model}
+    texts = tokenizer_texts(layout.tables, datasets)
+    key = base_key(texts, settings.tiny_model)
+    path = layout.generalist_base
+    marker = layout.generalist_base_key
+    status = "cached"
+    if recorded_key(marker) != key or not path.is_dir():
+        build_tiny_internvl(path, texts, settings.tiny_model)
+        write_json_atomic(marker, {"key": key})
+        status = "built"
+    return {"status": status, "path": str(path), "digest": weights_fingerprint(path), "name": "tiny-internvl"}
+
+
+def record_base(base: dict, tracking) -> str:
+    """Record the base generalist as a LoggedModel (once per digest); returns its model id."""
+    from tasks.lineage import find_model, log_model_dir, log_model_input
+    from tasks.tracking import log_params
+
+    existing = find_model(tracking.uri, tracking.experiment, BASE_NAME, base["digest"])
+    with tracking.stage_run("generalist-base"):
+        log_params({"name": base["name"], "digest": base["digest"], "status": base["status"]})
+        if existing:
+            log_model_input(existing)
+            return existing
+        return log_model_dir(BASE_NAME, Path(base["path"]), base["digest"], "internvl")
+
+
+# ------------------------------------------------------------------------------------------------------- synthesis
+def synthesis_sources(kind: str, layout: RunLayout, datasets: list[str],
+                      settings: SynthesisKindSettings) -> pl.DataFrame:
+    """The samples rows a synthesis kind reads: DGB = train images of DGB-source diagnosis sets; DES = case studies."""
+    frames = []
+    for ds in datasets:
+        card = get_card(ds)
+        if settings.datasets is not None and ds not in settings.datasets:
+            continue
+        if kind == "dgb" and not (card.dgb_source and card.task_kind == "diagnosis"):
+            continue
+        if kind == "des" and card.task_kind != "description":
+            continue
+        for split in settings.splits:
+            if split in (read_manifest(layout.tables, ds) or {}).get("splits", {}):
+                frames.append(read_samples(layout.tables, ds, split, validate=False))
+    return pl.concat(frames) if frames else pl.DataFrame()
+
+
+def run_synthesis(kind: str, layout: RunLayout, datasets: list[str], generalist,
+                  settings: SynthesisKindSettings) -> dict:
+    """Generate (or serve from cache) one synthesis kind; returns the result dict with its inputs and digests."""
+    src = synthesis_sources(kind, layout, datasets, settings)
+    if src.height == 0:
+        return {"kind": kind, "status": "empty", "rows": 0, "inputs": []}
+    res = synthesize(kind, src, generalist, settings.generation, layout.synthesis(kind),
+                               batch_size=settings.batch_size)
+    inputs = sorted({(ds, sp) for ds, sp in zip(src["dataset"].to_list(), src["split"].to_list())})
+    digests = {ds: {s: e["digest"] for s, e in read_manifest(layout.tables, ds)["splits"].items()}
+               for ds, _ in inputs}
+    return {**res.to_dict(), "inputs": [[ds, sp, digests[ds][sp]] for ds, sp in inputs]}
+
+
+def record_synthesis(results: list[dict], base_model_id: str | None, generalist_id: str, layout: RunLayout,
+                     tracking) -> str:
+    """The synthesis run: the generalist and the table splits in, each kind's output table out."""
+    import mlflow
+
+    from tasks.lineage import log_model_input
+    from tasks.tracking import log_params, log_split_input, log_table
+
+    with tracking.stage_run("synthesis") as run:
+        log_params({"generalist": generalist_id})
+        if base_model_id:
+            log_model_input(base_model_id)
+        logged = set()
+        for r in results:
+            if r["status"] == "empty":
+                continue
+            for ds, sp, digest in r["inputs"]:
+                if (ds, sp) not in logged:
+                    log_split_input(layout.tables, ds, sp, digest)
+                    logged.add((ds, sp))
+            log_table(f"synthesis/{r['kind']}", r["digest"], Path(r["path"]), context="output")
+            mlflow.log_metrics({f"{r['kind']}.rows": r["rows"], f"{r['kind']}.generated": r["generated"],
+                                f"{r['kind']}.cached": float(r["status"] == "cached"),
+                                **{f"{r['kind']}.removed.{k}": v for k, v in r["removals"].items()}})
+        return run.info.run_id
+
+
+# ---------------------------------------------------------------------------------------------------------- corpus
+def corpus_sources(tables_root: Path, datasets: list[str]) -> list[SampleSource]:
+    """Train and val splits of every training dataset with a corpus template (diagnosis, VQA, report)."""
+    out = []
+    for ds in datasets:
+        card = get_card(ds)
+        if "training" not in card.roles or card.task_kind not in ("diagnosis", "vqa", "report"):
+            continue
+        m = read_manifest(tables_root, ds)
+        for split in ("train", "val"):
+            if split in m["splits"]:
+                out.append(SampleSource(Path(tables_root), ds, split, card.task_kind,
+                                                   m["splits"][split]["digest"]))
+    return out
+
+
+def build_corpus(layout: RunLayout, datasets: list[str], synth: list[dict], settings: CorpusSettings) -> dict:
+    """Assemble (or serve from cache) the instruction corpus from the tables and the synthesis outputs."""
+    sources = corpus_sources(layout.tables, datasets)
+    synth_dirs = {r["kind"]: (Path(r["path"]), r["digest"]) for r in synth if r["status"] != "empty"}
+    res = assemble_corpus(sources, synth_dirs, layout.corpus, rows_per_shard=settings.rows_per_shard)
+    out = {**res.to_dict(), "sources": [[s.dataset, s.split, s.digest] for s in sources],
+           "synthesis": {k: {"digest": d, "path": str(p)} for k, (p, d) in synth_dirs.items()}}
+    if settings.export_internvl:
+        out["internvl_meta"] = str(export_internvl(layout.corpus, layout.corpus_internvl))
+    return out
+
+
+def record_corpus(c: dict, layout: RunLayout, tracking) -> str:
+    """The corpus run: table splits and synthesis outputs in, the corpus out (counts and manifest as artifacts)."""
+    import mlflow
+
+    from tasks.tracking import log_split_input, log_table
+
+    with tracking.stage_run("corpus") as run:
+        for ds, sp, digest in c["sources"]:
+            log_split_input(layout.tables, ds, sp, digest)
+        for kind, s in c["synthesis"].items():
+            log_table(f"synthesis/{kind}", s["digest"], Path(s["path"]), context="input")
+        log_table("corpus", c["digest"], Path(c["path"]), context="output")
+        mlflow.log_metrics({"rows": c["rows"], "duplicates_removed": c["duplicates_removed"],
+                            "cached": float(c["status"] == "cached")})
+        mlflow.log_dict(c["counts"], "counts.json")
+        mlflow.log_artifact(str(layout.corpus.manifest))
+        return run.info.run_id
+
+
+# -------------------------------------------------------------------------------------------------------- finetune
+def finetune_key(base_digest: str, corpus_digest: str, settings: FinetuneSettings) -> str:
+    """Cache key of the fine-tuning stage: base and corpus digests, the DeepSpeed config's content, the recipe and
+    GPU count, and the fine-tuning code (the launched recipe and the library it runs)."""
+    inputs = {"base": base_digest, "corpus": corpus_digest,
+              "deepspeed_config": file_sha256(repo_path(settings.deepspeed_config))}
+    return stage_key("finetune", inputs, {"recipe": settings.recipe(), "num_gpus": settings.num_gpus},
+                     FINETUNE_CODE)
+
+
+def launch_command(launcher: str, num_gpus: int, cfg_path: Path) -> list[str]:
+    """The command that runs recipes/finetune.py on this node: DeepSpeed's launcher or torchrun."""
+    if launcher == "deepspeed":
+        return [sys.executable, "-m", "deepspeed.launcher.runner", "--no_local_rank", "--num_gpus",
+                str(max(1, num_gpus)), "--module", "recipes.finetune", "--config", str(cfg_path)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(max(1, num_gpus)),
+            "-m", "recipes.finetune", "--config", str(cfg_path)]
+
+
+def run_finetune(base: dict, corpus: dict, settings: FinetuneSettings, layout: RunLayout) -> dict:
+    """Launch LoRA fine-tuning unless a finished run has the same key; its result payload for MLflow."""
+    from tasks.generalist.finetune.config import FinetuneConfig
+    from tasks.generalist.finetune.training import result_payload
+
+    files = layout.finetune
+    key = finetune_key(base["digest"], corpus["digest"], settings)
+    recorded = recorded_key(files.inputs)
+    if files.result.exists() and recorded == key:
+        return {"status": "cached", "key": key, "path": str(files.dir), "payload": result_payload(files)}
+    if recorded is not None and recorded != key:
+        shutil.rmtree(files.dir)  # another base, corpus, recipe or code: its checkpoints must not be resumed
+    files.dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(files.inputs, {"key": key})
+    cfg = FinetuneConfig(model_path=base["path"], data_dir=str(layout.corpus.shards), output_dir=str(files.dir),
+                         deepspeed_config=str(repo_path(settings.deepspeed_config)),
+                         **settings.recipe().model_dump())
+    write_json_atomic(files.run_config, cfg.model_dump())
+    cmd = launch_command(settings.launcher, settings.num_gpus, files.run_config)
+    proc = subprocess.run(cmd, env={**os.environ, **settings.env}, capture_output=True, text=True)
+    files.launcher_log.write_text(proc.stdout[-200_000:] + "\n--- stderr ---\n" + proc.stderr[-200_000:])
+    if proc.returncode != 0:
+        raise RuntimeError(f"fine-tuning failed (exit {proc.returncode}); log: {files.launcher_log}\n"
+                           f"{proc.stderr[-3000:]}")
+    return {"status": "trained", "key": key, "path": str(files.dir), "payload": result_payload(files)}
+
+
+def record_finetune(ft: dict, base_model_id: str | None, corpus: dict, tracking) -> dict:
+    """The fine-tuning run: params, loss curve, corpus and base model in, adapter + merged model out.
+    Returns {run_id, model_ids, merged_path, merged_digest, adapter_digest}."""
+    import mlflow
+    from mlflow.entities import LoggedModelOutput
+
+    from tasks.generalist.backends import weights_fingerprint
+    from tasks.lineage import find_model, log_model_dir, log_model_input
+    from tasks.tracking import log_params, log_table
+
+    p = ft["payload"]
+    adapter_digest = p["tags"]["adapter_digest"][:32]
+    merged = p["artifacts"].get("merged")
+    merged_digest = weights_fingerprint(merged) if merged else None
+    with tracking.stage_run("finetune", tags={f"gsco.{k}": v for k, v in p["tags"].items()}) as run:
+        log_params(p["params"])
+        mlflow.log_metrics({k: float(v) for k, v in p["metrics"].items()})
+        mlflow.log_metric("cached", float(ft["status"] == "cached"))
+        if ft["status"] != "cached":
+            for h in p["metric_history"]:
+                mlflow.log_metric(h["key"], float(h["value"]), step=int(h["step"]))
+        log_table("corpus", corpus["digest"], Path(corpus["path"]), context="input")
+        if base_model_id:
+            log_model_input(base_model_id)
+        for a in ("loss_curve", "deepspeed_config", "result"):
+            if Path(p["artifacts"][a]).exists():
+                mlflow.log_artifact(p["artifacts"][a])
+        ids = {}
+        for name, path, digest in ((ADAPTER_NAME, p["artifacts"]["adapter"], adapter_digest),
+                                   (MERGED_NAME, merged, merged_digest)):
+            if not path:
+                continue
+            existing = find_model(tracking.uri, tracking.experiment, name, digest)
+            if existing:
+                mlflow.log_outputs([LoggedModelOutput(existing, step=0)])
+                ids[name] = existing
+            else:
+                ids[name] = log_model_dir(name, Path(path), digest, "peft-lora" if name == ADAPTER_NAME else "internvl")
+        return {"run_id": run.info.run_id, "model_ids": ids, "merged_path": merged, "merged_digest": merged_digest,
+                "adapter_digest": adapter_digest}

@@ -1,0 +1,90 @@
+"""Check a user's local copy of a dataset against its data card: missing files, row counts, bad rows.
+
+    gsco datasets validate ham10000 /data/raw
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_contracts.cards import DataCard
+from data_contracts.errors import ContractError
+from data_contracts.samples import find_problems
+from tasks import loaders
+from tasks.ingest.loaders import Reject
+
+
+@dataclass
+class ValidationReport:
+    dataset: str
+    root: Path
+    missing: list[str] = field(default_factory=list)
+    fatal: str | None = None
+    rows: Counter = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+    paper: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and self.fatal is None and not self.problems and sum(self.rows.values()) > 0
+
+    def lines(self, show: int = 10) -> list[str]:
+        """Human-readable report lines."""
+        out = [f"{self.dataset}: local copy under {self.root}"]
+        for m in self.missing:
+            out.append(f"  MISSING  {m}")
+        if self.fatal:
+            out.append(f"  ERROR    {self.fatal}")
+        for s in ("train", "val", "test"):
+            paper = self.paper.get(s)
+            if self.rows.get(s) or paper:
+                note = f" (paper: {paper:,})" if paper else ""
+                out.append(f"  rows     {s}: {self.rows.get(s, 0):,}{note}")
+        if self.problems:
+            out.append(f"  {len(self.problems)} bad row(s):")
+            out += [f"    {p}" for p in self.problems[:show]]
+        out.append("  OK" if self.ok else "  NOT OK")
+        return out
+
+
+def validate_local_copy(card: DataCard, path: Path) -> ValidationReport:
+    """Validate without writing anything: PATH is a data root holding raw.dir, or the raw.dir folder itself."""
+    path = Path(path).resolve()
+    if (path / card.raw.dir).is_dir():
+        root = path
+    else:  # the dataset folder itself: treat its parent as root only through a renamed view of the card
+        card = card.model_copy(update={"raw": card.raw.model_copy(update={"dir": path.name})})
+        root = path.parent
+    rep = ValidationReport(card.name, loaders.dataset_dir(card, root),
+                           paper={"train": card.paper_sizes.train, "test": card.paper_sizes.test,
+                                  "val": card.paper_sizes.val})
+    d = loaders.dataset_dir(card, root)
+    rep.missing = [f"{d}/{p} (raw.files)" for p in card.raw.files if not any(d.glob(p))]
+    if not d.is_dir():
+        return rep
+    rows = []
+    try:
+        for item in loaders.iter_dataset(card, root):
+            if isinstance(item, Reject):
+                rep.problems.append(item.reason)
+            else:
+                rep.rows[item["split"]] += 1
+                rows.append(item)
+                if len(rows) >= 2000:
+                    rep.problems += _check(rows)
+                    rows = []
+        rep.problems += _check(rows)
+    except ContractError as e:
+        rep.fatal = str(e)
+    return rep
+
+
+def _check(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    import polars as pl
+    import pyarrow as pa
+
+    from data_contracts.samples import SAMPLES_SCHEMA
+    return [str(p) for p in find_problems(pl.from_arrow(pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA)))]

@@ -1,0 +1,1 @@
+"""Retrieval-augmented diagnosis (SPEC §7): LanceDB tables of the retriever specialist's train-split embeddings."""

@@ -1,0 +1,11 @@
+"""Small helpers several test modules share (fixtures live in conftest.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def tables_mtimes(tables_root: Path) -> dict[str, int]:
+    """mtime_ns of every file under a tables root (to prove a cached run rewrote nothing)."""
+    root = Path(tables_root)
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()
+            and not p.name.startswith(".")} if root.exists() else {}
