@@ -11,7 +11,6 @@ from PIL import Image
 
 from data_contracts.cards import DataCard, SplitSpec
 from data_contracts.errors import DataError
-from data_contracts.layout import SPLITS
 from data_contracts.samples import IMAGE_FORMATS, image_info
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}

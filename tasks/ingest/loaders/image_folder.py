@@ -4,7 +4,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from data_contracts.errors import DataError
-from tasks.ingest.loaders.common import IMAGE_EXTENSIONS, SPLITS, LoadContext, Reject, RowError, carve_val, encode_file, \
+from data_contracts.layout import SPLITS
+from tasks.ingest.loaders.common import IMAGE_EXTENSIONS, LoadContext, Reject, RowError, carve_val, encode_file, \
     make_row, map_label, random_split
 
 
