@@ -207,6 +207,14 @@ def read_manifest(tables_root: Path, dataset: str) -> dict | None:
     return json.loads(p.read_text())
 
 
+def split_digests(tables_root: Path, dataset: str) -> dict[str, str]:
+    """{split: content digest} of a dataset's tables; a clear error when the dataset was never ingested."""
+    m = read_manifest(tables_root, dataset)
+    if m is None:
+        raise FileNotFoundError(f"{Path(tables_root) / dataset}: no canonical tables for {dataset}; run ingest first")
+    return {s: e["digest"] for s, e in m["splits"].items()}
+
+
 def split_paths(tables_root: Path, dataset: str, split: str) -> list[Path]:
     """The Parquet shards of one split, in order (for lazy scans)."""
     m = read_manifest(tables_root, dataset)

@@ -223,11 +223,15 @@ class RunLayout:
     def evaluation(self) -> Path:
         return self.root / "evaluation"
 
+    @property
+    def predictions_dir(self) -> Path:
+        return self.evaluation / "predictions"
+
     def predictions(self, dataset: str) -> Path:
-        return self.evaluation / "predictions" / f"{dataset}.parquet"
+        return self.predictions_dir / f"{dataset}.parquet"
 
     def predictions_key(self, dataset: str) -> Path:
-        return self.evaluation / "predictions" / f"{dataset}.key.json"
+        return self.predictions_dir / f"{dataset}.key.json"
 
     @property
     def metrics(self) -> Path:

@@ -13,7 +13,7 @@ import polars as pl
 
 from data_contracts.cards import get_card
 from data_contracts.files import atomic_write, write_json_atomic
-from data_contracts.io import read_manifest, read_samples
+from data_contracts.io import read_samples, split_digests
 from data_contracts.layout import RunLayout
 from data_contracts.predictions import validate_predictions
 from tasks.cache import recorded_key, stage_key
@@ -70,7 +70,7 @@ def predict_dataset(dataset: str, layout: RunLayout, generalist, settings: Evalu
 
     `jobs`: the specialists stage's summaries of this dataset's jobs by architecture; `retriever_job`: the one whose
     RAD table is searched (None: no RAD arms)."""
-    test_digest = read_manifest(layout.tables, dataset)["splits"]["test"]["digest"]
+    test_digest = split_digests(layout.tables, dataset)["test"]
     key = predictions_key(dataset, test_digest, generalist.id, jobs, retriever_job, settings)
     path, marker = layout.predictions(dataset), layout.predictions_key(dataset)
     entry = {"dataset": dataset, "path": str(path), "key": key, "test_digest": test_digest}
@@ -83,9 +83,9 @@ def predict_dataset(dataset: str, layout: RunLayout, generalist, settings: Evalu
     return {**entry, "status": "written"}
 
 
-def report_key(predictions_digest_: str, settings: EvaluationSettings) -> str:
+def report_key(digest: str, settings: EvaluationSettings) -> str:
     """Cache key of the metrics and report: the predictions' digest, the bootstrap and title, the scoring code."""
-    return stage_key("report", {"predictions": predictions_digest_},
+    return stage_key("report", {"predictions": digest},
                      settings.model_dump(include={"bootstrap", "seed", "title"}), REPORT_CODE)
 
 
@@ -97,7 +97,7 @@ def score_and_report(preds: list[dict], layout: RunLayout, settings: EvaluationS
     status = "cached"
     if not (layout.metrics.exists() and recorded_key(layout.report_key) == key):
         df = pl.concat([pl.read_parquet(p) for p in paths])
-        validate_predictions(df, str(layout.evaluation / "predictions"))
+        validate_predictions(df, str(layout.predictions_dir))
         metrics = metrics_from_predictions(df, {d: get_card(d) for d in df["dataset"].unique().to_list()},
                                            n_boot=settings.bootstrap, seed=settings.seed)
         layout.evaluation.mkdir(parents=True, exist_ok=True)

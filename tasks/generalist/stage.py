@@ -22,7 +22,7 @@ import polars as pl
 
 from data_contracts.cards import get_card
 from data_contracts.files import file_sha256, write_json_atomic
-from data_contracts.io import read_manifest, read_samples
+from data_contracts.io import read_samples, split_digests
 from data_contracts.layout import RunLayout
 from infra.profiles import repo_path
 from tasks import prompts
@@ -44,8 +44,7 @@ def tokenizer_texts(tables_root: Path, datasets: list[str]) -> list[str]:
                                                                                                   str)]
     texts += [prompts.diagnosis_prompt("x-ray", ["a", "b"], True, ["a"], ["b"], p) for p in range(4)]
     for ds in datasets:
-        m = read_manifest(tables_root, ds)
-        for split in sorted(m["splits"]):
+        for split in sorted(split_digests(tables_root, ds)):
             df = read_samples(tables_root, ds, split, validate=False).select(
                 "question", "answer", "text", "labels", "label_set", "modality")
             for col in ("question", "answer", "text", "modality"):
@@ -109,7 +108,7 @@ def synthesis_sources(kind: str, layout: RunLayout, datasets: list[str],
         if kind == "des" and card.task_kind != "description":
             continue
         for split in settings.splits:
-            if split in (read_manifest(layout.tables, ds) or {}).get("splits", {}):
+            if split in split_digests(layout.tables, ds):
                 frames.append(read_samples(layout.tables, ds, split, validate=False))
     return pl.concat(frames) if frames else pl.DataFrame()
 
@@ -123,8 +122,7 @@ def run_synthesis(kind: str, layout: RunLayout, datasets: list[str], generalist,
     res = synthesize(kind, src, generalist, settings.generation, layout.synthesis(kind),
                                batch_size=settings.batch_size)
     inputs = sorted({(ds, sp) for ds, sp in zip(src["dataset"].to_list(), src["split"].to_list())})
-    digests = {ds: {s: e["digest"] for s, e in read_manifest(layout.tables, ds)["splits"].items()}
-               for ds, _ in inputs}
+    digests = {ds: split_digests(layout.tables, ds) for ds, _ in inputs}
     return {**res.to_dict(), "inputs": [[ds, sp, digests[ds][sp]] for ds, sp in inputs]}
 
 
@@ -163,11 +161,10 @@ def corpus_sources(tables_root: Path, datasets: list[str]) -> list[SampleSource]
         card = get_card(ds)
         if "training" not in card.roles or card.task_kind not in ("diagnosis", "vqa", "report"):
             continue
-        m = read_manifest(tables_root, ds)
+        digests = split_digests(tables_root, ds)
         for split in ("train", "val"):
-            if split in m["splits"]:
-                out.append(SampleSource(Path(tables_root), ds, split, card.task_kind,
-                                                   m["splits"][split]["digest"]))
+            if split in digests:
+                out.append(SampleSource(Path(tables_root), ds, split, card.task_kind, digests[split]))
     return out
 
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from data_contracts.files import write_json_atomic
-from data_contracts.io import read_manifest, read_samples
+from data_contracts.io import read_samples, split_digests
 from data_contracts.layout import SPLITS, JobFiles, RunLayout
 from tasks.specialists.settings import SpecialistsSettings
 
@@ -34,14 +34,6 @@ def job_specs(layout: RunLayout, datasets: list[str], settings: SpecialistsSetti
              "recipe": settings.recipe.model_dump(mode="json"), "threads": settings.threads,
              "out_dir": str(layout.job(ds, arch).dir)}
             for ds in datasets for arch in settings.architectures]
-
-
-def split_digests(tables_root: Path, dataset: str) -> dict[str, str]:
-    """{split: content digest} of a dataset's canonical tables (its manifest); a clear error when never ingested."""
-    manifest = read_manifest(Path(tables_root), dataset)
-    if manifest is None:
-        raise FileNotFoundError(f"{Path(tables_root) / dataset}: no canonical tables for {dataset}; run ingest first")
-    return {s: e["digest"] for s, e in manifest["splits"].items()}
 
 
 def run_job(spec: dict) -> dict:
