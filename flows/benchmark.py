@@ -108,7 +108,7 @@ def benchmark(profile: str = "tiny", overrides: list[str] | None = None, out_dir
     try:
         data = prof.data
         ingested = ingest(str(data_root), str(layout.root), tracking, datasets=data.datasets, policy=data.policy,
-                     policies=data.policies, log_table_artifacts=prof.tracking.log_table_artifacts)
+                          policies=data.policies, log_table_artifacts=prof.tracking.log_table_artifacts)
         names = [r["dataset"] for r in ingested["results"]]
         units = {"ingest": {r["dataset"]: r["status"] for r in ingested["results"]}}
         result = {"mlflow_run_id": parent, "tracking_uri": uri, "report": None, "report_md": None, "failures": {},

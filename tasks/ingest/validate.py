@@ -11,7 +11,7 @@ from pathlib import Path
 from data_contracts.cards import DataCard
 from data_contracts.errors import ContractError
 from data_contracts.samples import find_problems
-from tasks import loaders
+from tasks.ingest import loaders
 from tasks.ingest.loaders import Reject
 
 
