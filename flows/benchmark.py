@@ -76,9 +76,10 @@ def _evaluation(prof: Profile, layout: RunLayout, names: list[str], finetuned: d
                       "indexes": {f"{i['dataset']}/{i['retriever']}": {"digest": i["content_digest"][:32],
                                                                      "uri": i["uri"], "version": i["version"]}
                                   for i in trained["indexes"]}}
-    evaluated = evaluation(str(layout.root), datasets, {"path": finetuned["merged_path"], "digest": finetuned["merged_digest"]},
-                    prof.generalist, prof.evaluation, jobs, (prof.rad.retrievers or [None])[0], lineage_inputs,
-                    tracking)
+    meddr = {"path": finetuned["merged_path"], "digest": finetuned["merged_digest"]}
+    retriever = prof.rad.retrievers[0] if prof.rad.retrievers else None
+    evaluated = evaluation(str(layout.root), datasets, meddr, prof.generalist, prof.evaluation, jobs, retriever,
+                           lineage_inputs, tracking)
     create_markdown_artifact(Path(evaluated["report_md"]).read_text(), key="gsco-benchmark-report",
                              description=f"GSCo benchmark report ({prof.name})")
     return evaluated, {"evaluation": {**evaluated["predictions_status"], "report": evaluated["status"]}}

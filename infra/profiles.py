@@ -38,7 +38,7 @@ class OutputsSettings(Settings):
 
 
 class TrackingSettings(Settings):
-    uri: str | None = None                   # null: sqlite:////<outputs>/mlflow.db with artifacts in <outputs>/mlartifacts
+    uri: str | None = None                   # null: sqlite:////<outputs>/mlflow.db, artifacts in <outputs>/mlartifacts
     experiment: str
     log_table_artifacts: bool = True         # copy each table's Parquet shards into the MLflow run
 

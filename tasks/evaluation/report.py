@@ -9,8 +9,8 @@ the dataset's headline metric (binary -> accuracy, otherwise macro-F1). Its tabl
 self-contained report.html (plots inlined as base64 PNG) and the PNGs beside them.
 
 Rules the report keeps: a method with no row for a dataset shows "–"; a metric whose value is null shows why it was not
-computed (the row's `note`, else the `notes` given to `render_report`), never 0. Plots are drawn with matplotlib's Agg canvas under matplotlib's default rc settings, so the same frame gives the same
-bytes whatever the caller's matplotlib configuration; the only run-dependent text is the generated-at line, which
+computed (the row's `note`, else the `notes` given to `render_report`), never 0. The same frame gives the same bytes
+whatever the caller's matplotlib configuration; the only run-dependent text is the generated-at line, which
 `generated_at=False` leaves out.
 """
 from __future__ import annotations

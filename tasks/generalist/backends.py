@@ -39,7 +39,7 @@ class WeightsNotFoundError(FileNotFoundError):
 
 
 class Generalist(Protocol):
-    """What synthesis and evaluation need: a stable id (part of their cache keys) and batched (image, prompt) -> text."""
+    """What synthesis and evaluation need: a stable id (part of their cache keys), batched (image, prompt) -> text."""
 
     id: str
 

@@ -110,7 +110,7 @@ def raw_digest(card: DataCard, data_root: Path, memo: FileHashMemo | None = None
 
 
 def ingest_key(card: DataCard, raw: str, policy: Policy) -> str:
-    """The ingest cache key of a dataset: raw digest, card and policy, and the code that turns its format into tables."""
+    """The ingest cache key of a dataset: raw digest, card, policy, and the code that turns its format into tables."""
     code = ["tasks.ingest.dataset", "tasks.ingest.loaders.__init__", "tasks.ingest.loaders.common",
             "data_contracts.samples", "data_contracts.io", *FORMAT_MODULES[card.raw.format]]
     return stage_key("ingest", {"raw": raw}, {"card": card.model_dump(mode="json"), "policy": policy}, code)

@@ -34,7 +34,7 @@ class ArchSpec(Settings):
     pretrained_tag: str | None = None      # pinned weights tag (timm tag, or torchvision weights enum name)
     weights_path: str | None = None        # local checkpoint (.safetensors, or .pth/.bin read with weights_only=True)
     allow_scratch: bool = False            # no weights present: train from random init (and say so) instead of failing
-    overrides: dict[str, Any] = Field(default_factory=dict)  # constructor kwargs + switches (tasks/specialists/models.py)
+    overrides: dict[str, Any] = Field(default_factory=dict)  # constructor kwargs + switches (specialists/models.py)
     img_size: PositiveInt | None = None    # input size for this architecture when it differs from the recipe's
 
     @property

@@ -30,9 +30,9 @@ class FinetuneConfig(FinetuneRecipe):
     stop_after_steps: PositiveInt | None = None   # operators/tests: SIGKILL this process after that step (a crash)
 
     # Fields that may differ between a run and its resumption (paths and operational switches).
-    RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = ("output_dir", "save_steps", "save_total_limit", "stop_after_steps", "merge",
-                                                     "eval_max_samples", "image_cache_row_groups", "deepspeed_config",
-                                                     "data_dir", "model_path")
+    RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = (
+        "output_dir", "save_steps", "save_total_limit", "stop_after_steps", "merge", "eval_max_samples",
+        "image_cache_row_groups", "deepspeed_config", "data_dir", "model_path")
 
     @classmethod
     def from_json(cls, path: str | Path) -> "FinetuneConfig":
