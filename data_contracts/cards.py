@@ -8,6 +8,7 @@ source link) and how its raw files, as the user downloaded them, map onto the ca
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -42,13 +43,20 @@ class SplitSpec(_Strict):
     column: str | None = None                 # source=column: the CSV/JSON field that holds the split
     values: dict[str, str] = Field(default_factory=dict)   # raw split value -> train/val/test
     files: dict[str, str] = Field(default_factory=dict)    # source=file: split -> file (or glob) under the dataset dir
-    fractions: dict[str, float] = Field(default_factory=dict)  # source=random: split -> fraction (sums to 1)
+    fractions: dict[str, float] = Field(default_factory=dict)  # random split (or fallback): split -> fraction, sum 1
     seed: int = 0
     val_fraction: float = 0.0                 # carve a val split from train (seeded on sample id) when raw has none
     # source=file: what each split file holds. "rows": that split's table; "ids": the id_column values of its
-    # samples (one per line, or list_column of a CSV); "row_indexes": 0-based row numbers into raw.table.
-    file_content: Literal["rows", "ids", "row_indexes"] = "rows"
+    # samples (one per line, or list_column of a CSV); "row_indexes": 0-based row numbers into raw.table;
+    # "json_ids": a JSON object {split: [records]} whose records' id_field name the split's samples (one file may
+    # serve every split: R2Gen's IU-Xray annotation.json); rows listed in no split are left out.
+    file_content: Literal["rows", "ids", "row_indexes", "json_ids"] = "rows"
     list_column: str | None = None            # CSV column holding the ids / indexes (absent: one value per line)
+    id_field: str = "id"                      # json_ids: the record field holding the id
+    id_pattern: str | None = None             # json_ids: regex on that id; group 1 is the raw.id_column value
+    # source=file: with no split file present, split at random (fractions, seed) and warn instead of failing
+    fallback: Literal["random"] | None = None
+    file_origin: str | None = None            # where users get the split file, named in the fallback warning
 
     @model_validator(mode="after")
     def _check(self) -> "SplitSpec":
@@ -56,11 +64,21 @@ class SplitSpec(_Strict):
             raise ValueError("split.source=column needs split.column")
         if self.source == "file" and not self.files:
             raise ValueError("split.source=file needs split.files")
-        if self.source != "file" and (self.file_content != "rows" or self.list_column):
-            raise ValueError("split.file_content / split.list_column need split.source=file")
-        if self.source == "random":
+        if self.source != "file" and (self.file_content != "rows" or self.list_column or self.fallback):
+            raise ValueError("split.file_content / split.list_column / split.fallback need split.source=file")
+        if self.file_content != "json_ids" and (self.id_pattern or self.id_field != "id"):
+            raise ValueError("split.id_field / split.id_pattern need split.file_content=json_ids")
+        if self.id_pattern:
+            try:
+                groups = re.compile(self.id_pattern).groups
+            except re.error as e:
+                raise ValueError(f"split.id_pattern {self.id_pattern!r} is not a regular expression: {e}") from None
+            if groups < 1:
+                raise ValueError(f"split.id_pattern {self.id_pattern!r} needs a group capturing the id_column value")
+        if self.source == "random" or self.fallback == "random":
             if not self.fractions or abs(sum(self.fractions.values()) - 1.0) > 1e-6:
-                raise ValueError("split.source=random needs split.fractions summing to 1")
+                raise ValueError(f"split.{'source' if self.source == 'random' else 'fallback'}=random needs "
+                                 "split.fractions summing to 1")
         bad = set(self.values.values()) | set(self.files) | set(self.fractions)
         bad -= {"train", "val", "test"}
         if bad:
@@ -74,7 +92,8 @@ class RawSpec(_Strict):
     dir: str                                   # folder under the data root, e.g. "ham10000"
     files: list[str] = Field(default_factory=list)  # files / globs that must exist (relative to dir), for `validate`
     # medmnist_npz
-    npz_file: str | None = None                # e.g. "pneumoniamnist.npz"; "{flag}_{size}.npz" variants are found too
+    # the 28-px "pneumoniamnist.npz"; "{flag}_224.npz" (MedMNIST+, the paper's size), then _128, _64 are preferred
+    npz_file: str | None = None
     flag: str | None = None
     # image_folder: <dir>/<split folder>/<class folder>/<image>; folder names map via label_map.
     # csv / json sets: when set, image paths are relative to the split's folder instead of image_dir.
@@ -105,6 +124,7 @@ class RawSpec(_Strict):
     extra_label_columns: list[str] = Field(default_factory=list)  # more single-value label columns, through label_map
     label_list_literal: bool = False           # label_column holds a Python list literal, e.g. "['Mass', 'Asymmetry']"
     option_columns: dict[str, str] = Field(default_factory=dict)  # multiple choice: option letter -> column
+    modality_column: str | None = None         # per-row modality (OmniMedVQA's modality_type), else card.modality
     split: SplitSpec
 
     @model_validator(mode="after")
@@ -115,6 +135,13 @@ class RawSpec(_Strict):
             raise ValueError("raw.label_list_literal / raw.extra_label_columns need raw.label_column")
         if self.option_columns and not self.answer_column:
             raise ValueError("raw.option_columns needs raw.answer_column")
+        json_ids = self.split.file_content == "json_ids"
+        if (json_ids or self.split.fallback) and self.format != "report_table":
+            raise ValueError("split.file_content=json_ids / split.fallback are read by raw.format report_table only")
+        if self.format == "report_table" and self.split.source == "file" and not json_ids:
+            raise ValueError("raw.format report_table reads split files with split.file_content=json_ids only")
+        if json_ids and not self.id_column:
+            raise ValueError("split.file_content=json_ids needs raw.id_column (the column listed ids refer to)")
         return self
 
 
@@ -137,6 +164,10 @@ class DataCard(_Strict):
     modality: str                              # in the words the prompts use ("chest X-ray", "dermoscopy", ...)
     labels: list[str] = Field(default_factory=list)
     labels_source: str | None = None           # "paper Table A10", "medmnist INFO", "dataset documentation (not in paper)"
+    # label -> other names an answer may use for it (answers are mapped onto the label set by tasks/evaluation/parsing)
+    synonyms: dict[str, list[str]] = Field(default_factory=dict)
+    # report sets: the section of the report text that is the reference (MultiMedEval scores findings only)
+    reference_section: Literal["findings", "impression", "full"] | None = None
     paper_sizes: PaperSizes = PaperSizes()
     access: Access
     source: str
@@ -165,8 +196,15 @@ class DataCard(_Strict):
             unknown -= set(self.labels)
             if unknown:
                 raise ValueError(f"{self.name}: raw mapping targets labels outside the label set: {sorted(unknown)}")
+            unknown_syn = sorted(set(self.synonyms) - set(self.labels))
+            if unknown_syn:
+                raise ValueError(f"{self.name}: synonyms given for labels outside the label set: {unknown_syn}")
             if self.raw.empty_means and self.raw.empty_means not in self.labels:
                 raise ValueError(f"{self.name}: raw.empty_means {self.raw.empty_means!r} is not in the label set")
+        elif self.synonyms:
+            raise ValueError(f"{self.name}: synonyms are for diagnosis label sets only")
+        if self.reference_section is not None and self.task_kind != "report":
+            raise ValueError(f"{self.name}: reference_section is for report sets only")
         if "benchmark" in self.roles and self.domain is None:
             raise ValueError(f"{self.name}: a benchmark card needs domain in-domain/out-of-domain")
         if self.dgb_source and self.task_kind != "diagnosis":

@@ -16,7 +16,8 @@ from pandera.polars import DataFrameModel, Field
 from data_contracts.errors import ContractError
 
 SPLITS = ("train", "val")  # benchmark test splits never enter the corpus
-TASK_KINDS = ("diagnosis", "vqa", "report", "dgb", "des")
+# collaboration: GSCo-format diagnosis instructions (a corpus option, tasks/generalist/collaboration.py)
+TASK_KINDS = ("diagnosis", "vqa", "report", "dgb", "des", "collaboration")
 
 INSTRUCTIONS_SCHEMA = pa.schema([
     pa.field("sample_id", pa.string(), nullable=False),

@@ -11,6 +11,7 @@
     <out>/synthesis/{dgb,des}/                      parts/part-*.parquet, _synthesis.json    (SynthesisFiles)
     <out>/corpus/                                   shards/part-*.parquet, _corpus.json      (CorpusFiles)
     <out>/corpus_internvl/                          InternVL's fine-tuning format (images/, *.jsonl, meta.json)
+    <out>/corpus_inputs/collaboration.parquet       GSCo-format instruction rows (corpus.collaboration option)
     <out>/finetune/                                 checkpoints, loss curve, adapter/, merged/ (FinetuneFiles)
     <out>/specialists/<dataset>/<arch>/             one specialist job                        (JobFiles)
     <out>/lancedb/                                  RAD tables, one per (dataset, retriever)
@@ -137,6 +138,9 @@ class JobFiles:
     def test_predictions(self) -> Path:
         return self.dir / "test_predictions.jsonl"
 
+    def predictions(self, split: str) -> Path:    # per-sample predicted label names of a split
+        return self.test_predictions if split == "test" else self.dir / f"{split}_predictions.jsonl"
+
     @property
     def probs_test(self) -> Path:
         return self.dir / "probs_test.npy"
@@ -199,6 +203,14 @@ class RunLayout:
     @property
     def corpus_internvl(self) -> Path:
         return self.root / "corpus_internvl"
+
+    @property
+    def collaboration(self) -> Path:
+        return self.root / "corpus_inputs" / "collaboration.parquet"
+
+    @property
+    def collaboration_key(self) -> Path:
+        return self.root / "corpus_inputs" / "_collaboration.json"
 
     @property
     def finetune(self) -> FinetuneFiles:

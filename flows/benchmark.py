@@ -3,8 +3,8 @@
     gsco run --profile tiny                                   # locally, embedded Prefect + MLflow + LanceDB
     prefect deployment run benchmark/full                     # on a GPU work pool (prefect.yaml)
 
-    ingest -> generalist (base -> synthesis -> corpus -> finetune)
-           -> specialists (jobs -> RAD index)
+    ingest -> specialists (jobs -> RAD index)
+           -> generalist (base -> synthesis -> corpus [+ collaboration rows from the specialists] -> finetune)
            -> evaluation (arms -> metrics -> report)
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from flows.ingest import ingest
 from flows.specialists import index, specialists
 from infra.profiles import Profile, load_profile
 from tasks import lineage, plan
+from tasks.evaluation.stage import report_context
 from tasks.ingest.settings import TinyBenchmarkSettings
 from tasks.tracking import Tracking, standard_tags, tracking_uri
 
@@ -35,12 +36,16 @@ def write_tiny_benchmark(root: str, settings: TinyBenchmarkSettings) -> str:
     return root
 
 
-def _generalist(prof: Profile, layout: RunLayout, names: list[str], tracking: Tracking) -> tuple[dict, dict]:
-    """base -> synthesis -> corpus -> finetune; (the fine-tuning result, {stage: {unit: status}})."""
+def _generalist(prof: Profile, layout: RunLayout, names: list[str], tracking: Tracking,
+                trained: dict | None) -> tuple[dict, dict]:
+    """base -> synthesis -> corpus -> finetune; (the fine-tuning result, {stage: {unit: status}}). `trained`: the
+    specialists' result, read by the corpus when it carries collaboration rows."""
     out = str(layout.root)
     base = base_model(prof.generalist, out, names, tracking)
     synth = synthesis(out, names, base, prof.generalist, prof.synthesis, tracking)
-    corpus_result = corpus(out, names, synth["results"], prof.corpus, tracking)
+    jobs = plan.jobs_by_dataset(trained["jobs"]) if trained else None
+    corpus_result = corpus(out, names, synth["results"], prof.corpus, tracking, jobs,
+                           trained["retriever_jobs"] if trained else None)
     finetuned = finetune(base, corpus_result, prof.finetune, out, tracking)
     return finetuned, {"generalist-base": {"generalist-base": base["status"]},
                        "synthesis": {r["kind"]: r["status"] for r in synth["results"]},
@@ -54,32 +59,31 @@ def _specialists(prof: Profile, layout: RunLayout, names: list[str], tracking: T
     if trained["failures"]:
         get_run_logger().warning("%d specialist job(s) failed after retries: %s", len(trained["failures"]),
                                  sorted(trained["failures"]))
-    jobs = {(j["dataset"], j["arch"]): j for j in trained["jobs"]}
-    retrievers = prof.rad.retrievers
-    retriever_jobs = [jobs[(d, r)] for d in plan.index_datasets(datasets, set(jobs), retrievers) for r in retrievers]
-    indexed = index(str(layout.root), retriever_jobs, prof.rad, tracking)
+    jobs = plan.jobs_by_dataset(trained["jobs"])
+    choices = plan.retriever_choices(jobs, prof.rad.retriever)   # on validation, never on test
+    retriever_jobs = {d: jobs[d][c["arch"]] for d, c in choices.items()}
+    indexed = index(str(layout.root), list(retriever_jobs.values()), prof.rad, tracking, choices)
     units = {"specialists": {f"{j['dataset']}/{j['arch']}": j["status"] for j in trained["jobs"]},
              "index": {f"{i['dataset']}/{i['retriever']}": "cached" if i["reused"] else "written"
                        for i in indexed["indexes"]}}
-    return {**trained, "indexes": indexed["indexes"]}, units
+    return {**trained, "indexes": indexed["indexes"], "retriever_jobs": retriever_jobs, "choices": choices}, units
 
 
-def _evaluation(prof: Profile, layout: RunLayout, names: list[str], finetuned: dict, trained: dict,
+def _evaluation(prof: Profile, layout: RunLayout, ingested: dict, finetuned: dict, trained: dict,
                 tracking: Tracking) -> tuple[dict, dict]:
     """Every arm on every benchmark dataset, metrics and the report; (its result, {stage: {unit: status}})."""
+    names = [r["dataset"] for r in ingested["results"]]
     datasets = plan.evaluation_datasets(names, prof.evaluation.datasets)
-    jobs: dict[str, dict[str, dict]] = {}
-    for j in trained["jobs"]:
-        jobs.setdefault(j["dataset"], {})[j["arch"]] = j
+    jobs = plan.jobs_by_dataset(trained["jobs"])
     lineage_inputs = {"tables_root": str(layout.tables),
                       "model_ids": [*finetuned["model_ids"].values(), *(j["model_id"] for j in trained["jobs"])],
                       "indexes": {f"{i['dataset']}/{i['retriever']}": {"digest": i["content_digest"][:32],
                                                                      "uri": i["uri"], "version": i["version"]}
                                   for i in trained["indexes"]}}
     meddr = {"path": finetuned["merged_path"], "digest": finetuned["merged_digest"]}
-    retriever = prof.rad.retrievers[0] if prof.rad.retrievers else None
-    evaluated = evaluation(str(layout.root), datasets, meddr, prof.generalist, prof.evaluation, jobs, retriever,
-                           lineage_inputs, tracking)
+    context = report_context(prof, ingested, trained)
+    evaluated = evaluation(str(layout.root), datasets, meddr, prof.generalist, prof.evaluation, jobs,
+                           trained["retriever_jobs"], lineage_inputs, tracking, context)
     create_markdown_artifact(Path(evaluated["report_md"]).read_text(), key="gsco-benchmark-report",
                              description=f"GSCo benchmark report ({prof.name})")
     return evaluated, {"evaluation": {**evaluated["predictions_status"], "report": evaluated["status"]}}
@@ -93,7 +97,7 @@ def benchmark(profile: str = "tiny", overrides: list[str] | None = None, out_dir
     `stages` limits the run to some stage groups (ingest, generalist, specialists, evaluation) and what they read.
     """
     prof = load_profile(profile, overrides or [])
-    groups = plan.stage_groups(stages)
+    groups = plan.stage_groups(stages, prof.corpus.collaboration.enabled)
     layout = RunLayout(Path(out_dir or prof.outputs.dir))
     layout.root.mkdir(parents=True, exist_ok=True)
     data_root = Path(prof.data.root).resolve() if prof.data.root else layout.data
@@ -114,15 +118,17 @@ def benchmark(profile: str = "tiny", overrides: list[str] | None = None, out_dir
         units = {"ingest": {r["dataset"]: r["status"] for r in ingested["results"]}}
         result = {"mlflow_run_id": parent, "tracking_uri": uri, "report": None, "report_md": None, "failures": {},
                   "out_dir": str(layout.root)}
-        if "generalist" in groups:
-            finetuned, stage_units = _generalist(prof, layout, names, tracking)
-            units.update(stage_units)
+        trained = None
+        # a corpus with collaboration rows reads the specialists' predictions and RAD tables: they train first
         if "specialists" in groups:
             trained, stage_units = _specialists(prof, layout, names, tracking)
             units.update(stage_units)
             result["failures"] = trained["failures"]
+        if "generalist" in groups:
+            finetuned, stage_units = _generalist(prof, layout, names, tracking, trained)
+            units.update(stage_units)
         if "evaluation" in groups:
-            evaluated, stage_units = _evaluation(prof, layout, names, finetuned, trained, tracking)
+            evaluated, stage_units = _evaluation(prof, layout, ingested, finetuned, trained, tracking)
             units.update(stage_units)
             result.update(report=evaluated["report_html"], report_md=evaluated["report_md"])
         result["stages"], result["recomputed"] = plan.summarize(units)

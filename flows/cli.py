@@ -30,6 +30,9 @@ def _prefect_env(out_dir: Path) -> None:
     from data_contracts.layout import RunLayout
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the temporary server's 20 s default start-up budget is too short on a loaded 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")   # nothing is fetched from a model hub at run time
     if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
         home = RunLayout(Path(out_dir)).prefect_home
         home.mkdir(parents=True, exist_ok=True)
@@ -75,14 +78,15 @@ def datasets_show(name: str) -> None:
 
 @datasets_app.command("validate")
 def datasets_validate(name: str, path: Path, show: int = typer.Option(10, help="problems to list")) -> None:
-    """Check a local copy (a data root holding the card's raw.dir, or that folder itself) against the card."""
+    """Check a local copy (a data root holding the card's raw.dir, or that folder itself) against the card, and say
+    how it compares with the paper's data: the MedMNIST file read (the paper uses 224 px), the split file followed."""
     from data_contracts.cards import get_card
     from tasks.ingest.validate import validate_local_copy
 
     card = get_card(name)
     report = validate_local_copy(card, path)
-    for line in report.lines(show):
-        console.print(line)
+    for line in report.lines(show):   # paths and file names print as they are: no markup, no wrapping mid-line
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(0 if report.ok else 1)
 
 

@@ -25,8 +25,8 @@ def evaluate_dataset(dataset: str, out_dir: str, model: dict, generalist: Genera
 
 
 @task(name="score-and-report")
-def score(preds: list[dict], out_dir: str, settings: EvaluationSettings) -> dict:
-    return stage.score_and_report(preds, RunLayout(Path(out_dir)), settings)
+def score(preds: list[dict], out_dir: str, settings: EvaluationSettings, context: dict) -> dict:
+    return stage.score_and_report(preds, RunLayout(Path(out_dir)), settings, context)
 
 
 @task(name="record-evaluation")
@@ -36,13 +36,14 @@ def record(result: dict, lineage_inputs: dict, tracking: Tracking) -> str:
 
 @flow(name="evaluation")
 def evaluation(out_dir: str, datasets: list[str], model: dict, generalist: GeneralistSettings,
-               settings: EvaluationSettings, jobs: dict[str, dict[str, dict]], retriever: str | None,
-               lineage_inputs: dict, tracking: Tracking) -> dict:
+               settings: EvaluationSettings, jobs: dict[str, dict[str, dict]], retriever_jobs: dict[str, dict],
+               lineage_inputs: dict, tracking: Tracking, context: dict | None = None) -> dict:
     """Predictions per dataset (sequential: generation holds the device), then metrics, report and MLflow run.
 
     `model`: the merged MedDr {"path", "digest"}; `jobs`: dataset -> arch -> specialist job summary; `retriever`:
-    the architecture whose RAD table is searched (None: no RAD arms)."""
+    dataset -> the job whose RAD table is searched (chosen on validation; absent: no RAD arms there); `context`: what the report
+    says beside the metrics (tasks/evaluation/stage.report_context)."""
     preds = [evaluate_dataset(ds, out_dir, model, generalist, settings, jobs.get(ds, {}),
-                              jobs.get(ds, {}).get(retriever) if retriever else None) for ds in datasets]
-    result = score(preds, out_dir, settings)
+                              retriever_jobs.get(ds)) for ds in datasets]
+    result = score(preds, out_dir, settings, context or {})
     return {**result, "run_id": record(result, lineage_inputs, tracking)}

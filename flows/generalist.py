@@ -46,16 +46,18 @@ def synthesis(out_dir: str, datasets: list[str], base: dict, generalist: General
 
 @task(name="assemble-corpus")
 def assemble(out_dir: str, datasets: list[str], synth: list[dict], settings: CorpusSettings,
-             tracking: Tracking) -> dict:
+             tracking: Tracking, jobs: dict | None = None, retriever_jobs: dict | None = None) -> dict:
     layout = RunLayout(Path(out_dir))
-    c = stage.build_corpus(layout, datasets, synth, settings)
+    c = stage.build_corpus(layout, datasets, synth, settings, jobs, retriever_jobs)
     return {**c, "run_id": stage.record_corpus(c, layout, tracking)}
 
 
 @flow(name="corpus")
-def corpus(out_dir: str, datasets: list[str], synth: list[dict], settings: CorpusSettings, tracking: Tracking) -> dict:
-    """CLS + MRG + VQA + DGB + DES rows rendered with the Fig. A3 templates into Parquet shards + manifest."""
-    return assemble(out_dir, datasets, synth, settings, tracking)
+def corpus(out_dir: str, datasets: list[str], synth: list[dict], settings: CorpusSettings, tracking: Tracking,
+           jobs: dict | None = None, retriever_jobs: dict | None = None) -> dict:
+    """CLS + MRG + VQA + DGB + DES rows rendered with the Fig. A3 templates into Parquet shards + manifest (and the
+    collaboration rows from the specialists' `jobs` / `retriever_jobs` when corpus.collaboration is on)."""
+    return assemble(out_dir, datasets, synth, settings, tracking, jobs, retriever_jobs)
 
 
 @task(name="lora-finetune")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.futures import wait
 from prefect.runtime import flow_run
 
@@ -48,6 +48,9 @@ def ingest(data_root: str, out_dir: str, tracking: Tracking, datasets: list[str]
         except Exception as e:  # the task's own error message names the file/row/field
             failures[n] = f"{type(e).__name__}: {e}"
     run_id = record(results, failures, str(layout.root), tracking, log_table_artifacts)
+    for r in results:   # shown in the Prefect UI too (the loaders' own logger is not Prefect's)
+        for w in r.get("warnings") or []:
+            get_run_logger().warning("%s", w)
     if failures:
         details = "\n".join(f"  {n}: {msg}" for n, msg in failures.items())
         raise RuntimeError(f"ingest failed for {len(failures)} dataset(s) (tables of the others were written; "

@@ -70,9 +70,11 @@ def rad_index(job: dict, out_dir: str, settings: RadSettings) -> dict:
 
 
 @flow(name="index")
-def index(out_dir: str, retriever_jobs: list[dict], settings: RadSettings, tracking: Tracking) -> dict:
-    """One LanceDB table per (dataset, retriever) from the retriever specialist's train-split embeddings."""
+def index(out_dir: str, retriever_jobs: list[dict], settings: RadSettings, tracking: Tracking,
+          choices: dict[str, dict] | None = None) -> dict:
+    """One LanceDB table per (dataset, retriever) from the retriever specialist's train-split embeddings; `choices`:
+    per dataset, why that retriever (tasks/rad/retriever.py), recorded in MLflow."""
     futures = [rad_index.submit(job, out_dir, settings) for job in retriever_jobs]
     wait(futures)
     infos = [f.result() for f in futures]
-    return {"indexes": infos, "run_id": record_indexes(infos, tracking)}
+    return {"indexes": infos, "run_id": record_indexes(infos, tracking, choices or {})}

@@ -59,11 +59,13 @@ class Profile(Settings):
     path: str = ""                           # the YAML file it was loaded from (set by load_profile)
 
     @model_validator(mode="after")
-    def _retrievers_are_trained(self) -> "Profile":
-        missing = [r for r in self.rad.retrievers if r not in self.specialists.architectures]
-        if missing:
-            raise ValueError(f"rad.retrievers {missing} are not in specialists.architectures "
-                             f"{self.specialists.architectures}: a retriever's embeddings come from its job")
+    def _retriever_is_trained(self) -> "Profile":
+        from tasks.rad.retriever import BEST_VALIDATION
+        r = self.rad.retriever
+        if r not in (None, BEST_VALIDATION) and r not in self.specialists.architectures:
+            raise ValueError(f"rad.retriever {r!r} is not in specialists.architectures "
+                             f"{self.specialists.architectures} (or best-validation, or null): a retriever's "
+                             "embeddings come from its job")
         return self
 
 

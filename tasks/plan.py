@@ -15,15 +15,18 @@ STAGE_GROUPS = ("ingest", "generalist", "specialists", "evaluation")
 DONE_STATUSES = ("cached", "skipped", "external", "empty")
 
 
-def stage_groups(requested: list[str] | None) -> set[str]:
+def stage_groups(requested: list[str] | None, collaboration: bool = False) -> set[str]:
     """The stage groups a run executes: the requested ones (all when None) and what they read (evaluation reads the
-    generalist's and the specialists' outputs; every group reads the ingested tables)."""
+    generalist's and the specialists' outputs; a corpus with collaboration rows reads the specialists'; every group
+    reads the ingested tables)."""
     groups = set(requested or STAGE_GROUPS)
     unknown = groups - set(STAGE_GROUPS)
     if unknown:
         raise ValueError(f"stages: unknown group(s) {sorted(unknown)}; expected some of {STAGE_GROUPS}")
     if "evaluation" in groups:
         groups |= {"generalist", "specialists"}
+    if collaboration and "generalist" in groups:
+        groups |= {"specialists"}
     return groups | {"ingest"}
 
 
@@ -37,9 +40,21 @@ def specialist_datasets(ingested: list[str], wanted: list[str] | None) -> list[s
     return _select(ingested, ("diagnosis",), "benchmark", wanted)
 
 
-def index_datasets(datasets: list[str], finished: set[tuple[str, str]], retrievers: list[str]) -> list[str]:
-    """The datasets whose RAD tables can be built: every retriever's job on them finished."""
-    return [d for d in datasets if all((d, r) in finished for r in retrievers)]
+def jobs_by_dataset(jobs: list[dict]) -> dict[str, dict[str, dict]]:
+    """Finished specialist job summaries as dataset -> arch -> summary (in the order the jobs were planned)."""
+    out: dict[str, dict[str, dict]] = {}
+    for j in jobs:
+        out.setdefault(j["dataset"], {})[j["arch"]] = j
+    return out
+
+
+def retriever_choices(jobs: dict[str, dict[str, dict]], setting: str | None) -> dict[str, dict]:
+    """Per dataset with finished jobs, the RAD retriever chosen by `setting` (tasks/rad/retriever.py); {} when null."""
+    from tasks.rad.retriever import choose_retriever
+
+    if setting is None:
+        return {}
+    return {d: choose_retriever(by_arch, get_card(d).task_type, setting) for d, by_arch in jobs.items() if by_arch}
 
 
 def evaluation_datasets(ingested: list[str], wanted: list[str] | None) -> list[str]:

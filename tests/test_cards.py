@@ -351,6 +351,7 @@ def _mutations() -> dict[str, tuple[dict, str]]:
     cases["empty_means_outside_label_set"] = (d, "empty_means")
     d = _base_card(); d["dgb_source"] = True; d["task_kind"] = "vqa"; d["task_type"] = "open"; d["labels"] = []
     d["raw"]["label_map"] = {}
+    d.pop("synonyms", None)
     cases["dgb_from_vqa"] = (d, "only diagnosis sets can feed DGB")
     d = _base_card(); d["paper_sizes"]["test"] = "many"
     cases["size_not_an_int"] = (d, "paper_sizes")

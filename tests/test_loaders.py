@@ -12,7 +12,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.preprocessing import MultiLabelBinarizer
 
 from data_contracts.cards import get_card
-from data_contracts.io import read_samples
+from data_contracts.io import read_manifest, read_samples
 from tasks.ingest.dataset import ingest_dataset
 from tasks.ingest.tiny_benchmark import TINY_DATASETS
 
@@ -93,3 +93,84 @@ def test_simple_classifier_beats_chance(tables, name):
         acc = accuracy_score(yte1, LogisticRegression(max_iter=2000, C=0.5).fit(xtr, ytr1).predict(xte))
         majority = Counter(yte1).most_common(1)[0][1] / len(yte1)
         assert acc >= max(majority, 1 / len(set(ytr1))) + 0.2, (acc, majority)
+
+
+def test_tiny_benchmark_shows_the_paper_data_warnings(tables, tiny_root):
+    _, results = tables
+    root = tiny_root.resolve()
+    assert results["pneumoniamnist"].warnings == [
+        f"pneumoniamnist: read pneumoniamnist.npz (28 px); the paper trains and tests at 224 px: place "
+        f"pneumoniamnist_224.npz (MedMNIST+) in {root / 'medmnist'}"]
+    assert results["iu_xray"].warnings == [
+        f"iu_xray: no split file r2gen_annotation.json in {root / 'iu_xray'}, so rows are split at random (seeded "
+        f"train 0.7 / val 0.1 / test 0.2, seed 0); the standard split is R2Gen's annotation.json (Chen et al. 2020, "
+        f"github.com/zhjohnchan/R2Gen), the split the paper follows: place it there as r2gen_annotation.json"]
+    assert results["ham10000"].warnings == []
+
+
+# --- MedMNIST: the paper's 224-px file (MedMNIST+) before the smaller ones ----------------------------------------
+
+def _npz(path, side: int, counts: tuple[int, int, int], level: int) -> None:
+    """A MedMNIST-layout archive: `counts` train/val/test images of `side` px, all grey `level`, labels 0,1,0,..."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for split, k in zip(("train", "val", "test"), counts):
+        arrays[f"{split}_images"] = np.full((k, side, side), level, dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(k) % 2).reshape(k, 1).astype(np.uint8)
+    np.savez(path, **arrays)
+
+
+def _rows(card, root):
+    from tasks.ingest.loaders import iter_dataset
+    from tasks.ingest.loaders.common import collect_warnings
+
+    with collect_warnings() as warnings:
+        rows = list(iter_dataset(card, root))
+    return rows, warnings
+
+
+def test_medmnist_224_file_is_read_when_both_are_present(tmp_path):
+    card = get_card("pneumoniamnist")
+    _npz(tmp_path / "medmnist" / "pneumoniamnist.npz", 28, (3, 2, 2), level=10)
+    _npz(tmp_path / "medmnist" / "pneumoniamnist_224.npz", 224, (2, 1, 1), level=200)
+    rows, warnings = _rows(card, tmp_path)
+    assert warnings == []
+    assert Counter(r["split"] for r in rows) == {"train": 2, "val": 1, "test": 1}
+    assert {(r["image_width"], r["image_height"]) for r in rows} == {(224, 224)}
+    assert {r["source_path"].split("#")[0] for r in rows} == {"medmnist/pneumoniamnist_224.npz"}
+    assert [r["labels"] for r in rows if r["split"] == "train"] == [["normal"], ["pneumonia"]]
+
+
+def test_medmnist_largest_smaller_file_is_read_with_a_warning(tmp_path):
+    card = get_card("pneumoniamnist")
+    d = (tmp_path / "medmnist").resolve()
+    _npz(d / "pneumoniamnist.npz", 28, (3, 2, 2), level=10)
+    _npz(d / "pneumoniamnist_64.npz", 64, (1, 1, 1), level=90)
+    rows, warnings = _rows(card, tmp_path)
+    assert {r["image_width"] for r in rows} == {64} and len(rows) == 3
+    assert warnings == [f"pneumoniamnist: read pneumoniamnist_64.npz (64 px); the paper trains and tests at 224 px: "
+                        f"place pneumoniamnist_224.npz (MedMNIST+) in {d}"]
+
+
+def test_medmnist_28px_warning_reaches_the_result_and_a_224_file_re_ingests(tmp_path, caplog):
+    card = get_card("pneumoniamnist")
+    raw, out = tmp_path / "raw", tmp_path / "tables"
+    d = (raw / "medmnist").resolve()
+    _npz(d / "pneumoniamnist.npz", 28, (3, 2, 2), level=10)
+    expected = (f"pneumoniamnist: read pneumoniamnist.npz (28 px); the paper trains and tests at 224 px: place "
+                f"pneumoniamnist_224.npz (MedMNIST+) in {d}")
+    with caplog.at_level("WARNING", logger="gsco.ingest"):
+        first = ingest_dataset(card, raw, out)
+    assert first.status == "written" and first.warnings == [expected]
+    assert [r.getMessage() for r in caplog.records if r.name == "gsco.ingest"] == [expected]
+    assert read_manifest(out, "pneumoniamnist")["meta"]["warnings"] == [expected]
+    assert first.to_dict()["warnings"] == [expected]
+    again = ingest_dataset(card, raw, out)
+    assert again.status == "cached" and again.cache_key == first.cache_key and again.warnings == [expected]
+
+    _npz(d / "pneumoniamnist_224.npz", 224, (2, 1, 1), level=200)
+    third = ingest_dataset(card, raw, out)
+    assert third.status == "written" and third.cache_key != first.cache_key and third.warnings == []
+    assert read_manifest(out, "pneumoniamnist")["meta"]["warnings"] == []
+    test = read_samples(out, "pneumoniamnist", "test")
+    assert test.height == 1 and test["image_width"].to_list() == [224]

@@ -617,3 +617,120 @@ def test_image_folder_split_keyed_folders_retinal_oct(tmp_path):
     assert got == [("test", "Choroidal neovascularization", 12), ("test", "Normal", 102),
                    ("train", "Choroidal neovascularization", 10), ("train", "Normal", 100),
                    ("val", "Choroidal neovascularization", 11), ("val", "Normal", 101)]
+
+
+# --- report_table: R2Gen's IU-Xray split (annotation.json), random fallback without it ----------------------------
+
+def _iu_xray(root: Path, uids=(1, 2, 3, 4, 5)) -> Path:
+    """Kaggle IU-Xray layout: reports, projections (frontal + lateral per uid) and images (grey level 40 * uid)."""
+    d = root / "iu_xray"
+    _csv(d / "indiana_reports.csv", [{"uid": str(u), "findings": f"Finding {u}.", "impression": f"Impression {u}."}
+                                     for u in uids])
+    proj = []
+    for u in uids:
+        for projection, code in (("Frontal", 4001), ("Lateral", 3001)):
+            name = f"{u}_IM-{u:04d}-{code}.dcm.png"
+            proj.append({"uid": str(u), "filename": name, "projection": projection})
+            _img(d / "images" / name, 40 * u if projection == "Frontal" else 255)
+    _csv(d / "indiana_projections.csv", proj)
+    return d
+
+
+def _r2gen(d: Path, splits: dict[str, list]) -> None:
+    ann = {s: [r if isinstance(r, dict) else {"id": r, "report": "x", "image_path": [f"{r}/0.png"], "split": s}
+               for r in recs] for s, recs in splits.items()}
+    (d / "r2gen_annotation.json").write_text(json.dumps(ann))
+
+
+def test_iu_xray_r2gen_split_assigns_the_listed_ids(tmp_path):
+    from tasks.ingest.loaders.common import collect_warnings
+
+    card = get_card("iu_xray")
+    d = _iu_xray(tmp_path)
+    _r2gen(d, {"train": ["CXR1_1_IM-0001", "CXR2_IM-0002"], "val": ["CXR3_IM-0003"], "test": ["CXR4_IM-0004"]})
+    with collect_warnings() as warnings:
+        rows, rejects = _load(card, tmp_path)
+    assert {sid: r["split"] for sid, r in rows.items()} == {       # uid 5 is not in R2Gen's split: left out
+        "iu_xray:1": "train", "iu_xray:2": "train", "iu_xray:3": "val", "iu_xray:4": "test"}
+    assert rows["iu_xray:3"]["text"] == "Findings: Finding 3.\nImpression: Impression 3."
+    assert round(_grey(rows["iu_xray:3"])) == 120                   # the frontal image of uid 3
+    assert rejects == [] and warnings == []
+
+
+def test_iu_xray_r2gen_ids_that_map_to_no_report_are_rejects(tmp_path):
+    from data_contracts.errors import ContractError
+    from tasks.ingest.dataset import ingest_dataset
+
+    card = get_card("iu_xray")
+    d = _iu_xray(tmp_path, uids=(1, 2))
+    _r2gen(d, {"train": ["CXR1_1_IM-0001", "CXR99_IM-0099", {"report": "no id"}], "val": ["IM-0002"],
+               "test": ["CXR2_IM-0002"]})
+    rows, rejects = _load(card, tmp_path)
+    assert {sid: r["split"] for sid, r in rows.items()} == {"iu_xray:1": "train", "iu_xray:2": "test"}
+    f = "iu_xray/r2gen_annotation.json"
+    assert [(rj.source_path, rj.row, rj.field, rj.reason) for rj in rejects] == [
+        (f, "train[1]", "id", f"{f} row train[1] field 'id': expected an id naming a uid of indiana_reports.csv, "
+                              "got 'CXR99_IM-0099' (uid '99' is absent)"),
+        (f, "train[2]", "id", f"{f} row train[2] field 'id': expected a record with a non-empty 'id'"),
+        (f, "val[0]", "id", f"{f} row val[0] field 'id': expected an id matching split.id_pattern '^CXR(\\\\d+)_', "
+                            "got 'IM-0002'")]
+    with pytest.raises(ContractError) as e:
+        ingest_dataset(card, tmp_path, tmp_path / "tables", policy="fail")
+    assert str(e.value) == rejects[0].reason
+    q = ingest_dataset(card, tmp_path, tmp_path / "tables", policy="quarantine")
+    assert q.rejects == 3 and {s: e["rows"] for s, e in q.splits.items()} == {"train": 1, "test": 1}
+
+
+def test_iu_xray_r2gen_id_in_two_splits_is_an_error(tmp_path):
+    card = get_card("iu_xray")
+    d = _iu_xray(tmp_path, uids=(1,))
+    _r2gen(d, {"train": ["CXR1_1_IM-0001"], "val": [], "test": ["CXR1_IM-0001"]})
+    with pytest.raises(DataError, match=r"^iu_xray/r2gen_annotation.json row test\[0\] field 'id': expected each "
+                                        r"uid in one split only; 'CXR1_IM-0001' is also listed under 'train'$"):
+        _load(card, tmp_path)
+
+
+def test_iu_xray_without_the_split_file_falls_back_to_the_seeded_random_split(tmp_path):
+    from tasks.ingest.dataset import ingest_dataset
+    from tasks.ingest.loaders.common import collect_warnings, random_split
+
+    card = get_card("iu_xray")
+    uids = tuple(range(1, 21))
+    d = _iu_xray(tmp_path, uids=uids)
+    with collect_warnings() as warnings:
+        rows, rejects = _load(card, tmp_path)
+    expected = {f"iu_xray:{u}": random_split(card.raw.split, str(u)) for u in uids}
+    assert {sid: r["split"] for sid, r in rows.items()} == expected and rejects == []
+    assert [u for u in uids if expected[f"iu_xray:{u}"] != "train"] == [2, 7, 8, 9, 11, 14, 15, 17]   # all "test"
+    assert warnings == [
+        f"iu_xray: no split file r2gen_annotation.json in {d.resolve()}, so rows are split at random (seeded train "
+        "0.7 / val 0.1 / test 0.2, seed 0); the standard split is R2Gen's annotation.json (Chen et al. 2020, "
+        "github.com/zhjohnchan/R2Gen), the split the paper follows: place it there as r2gen_annotation.json"]
+    first = ingest_dataset(card, tmp_path, tmp_path / "tables")
+    assert first.warnings == warnings and sum(e["rows"] for e in first.splits.values()) == 20
+    _r2gen(d, {"train": [f"CXR{u}_IM-{u:04d}" for u in uids[:10]], "val": ["CXR11_IM-0011"],
+               "test": [f"CXR{u}_IM-{u:04d}" for u in uids[11:14]]})
+    second = ingest_dataset(card, tmp_path, tmp_path / "tables")   # the split file appeared: re-ingested
+    assert second.status == "written" and second.cache_key != first.cache_key and second.warnings == []
+    assert {s: e["rows"] for s, e in second.splits.items()} == {"train": 10, "val": 1, "test": 3}
+
+
+def test_split_spec_json_ids_and_fallback_are_checked():
+    from pydantic import ValidationError
+
+    from data_contracts.cards import RawSpec, SplitSpec
+
+    base = {"source": "file", "files": {"test": "a.json"}, "file_content": "json_ids"}
+    with pytest.raises(ValidationError, match="split.fallback=random needs split.fractions summing to 1"):
+        SplitSpec(**base, fallback="random", fractions={"train": 0.5})
+    with pytest.raises(ValidationError, match="needs a group capturing the id_column value"):
+        SplitSpec(**base, id_pattern="^CXR")
+    with pytest.raises(ValidationError, match="split.id_field / split.id_pattern need split.file_content=json_ids"):
+        SplitSpec(source="file", files={"test": "a.txt"}, file_content="ids", id_pattern="^(x)")
+    with pytest.raises(ValidationError, match="split.file_content / split.list_column / split.fallback need"):
+        SplitSpec(source="random", fractions={"test": 1.0}, fallback="random")
+    with pytest.raises(ValidationError, match="are read by raw.format report_table only"):
+        RawSpec(format="csv_images", dir="x", table="t.csv", id_column="id", split=base)
+    with pytest.raises(ValidationError, match="report_table reads split files with split.file_content=json_ids only"):
+        RawSpec(format="report_table", dir="x", table="t.csv", id_column="id",
+                split={"source": "file", "files": {"test": "t.txt"}, "file_content": "ids"})

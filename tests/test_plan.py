@@ -26,10 +26,12 @@ def test_datasets_per_stage_follow_the_cards_and_the_profile():
     assert plan.evaluation_datasets(INGESTED, None)[-3:] == ["slake", "iu_xray", "vqa_rad"]
     assert "openi_cases" not in plan.evaluation_datasets(INGESTED, None)
     assert plan.evaluation_datasets(INGESTED, ["slake", "openi_cases"]) == ["slake"]
-    finished = {("chestmnist", "resnet18"), ("chestmnist", "vit_b16"), ("pneumoniamnist", "vit_b16")}
-    assert plan.index_datasets(["chestmnist", "pneumoniamnist"], finished, ["resnet18"]) == ["chestmnist"]
-    assert plan.index_datasets(["chestmnist", "pneumoniamnist"], finished, ["vit_b16"]) == \
-        ["chestmnist", "pneumoniamnist"]
+    jobs = plan.jobs_by_dataset([{"dataset": "chestmnist", "arch": "resnet18", "metrics": {"val_macro_f1": 0.2}},
+                                 {"dataset": "chestmnist", "arch": "vit_b16", "metrics": {"val_macro_f1": 0.4}},
+                                 {"dataset": "pneumoniamnist", "arch": "vit_b16", "metrics": {"val_accuracy": 0.7}}])
+    assert {d: c["arch"] for d, c in plan.retriever_choices(jobs, "best-validation").items()} == \
+        {"chestmnist": "vit_b16", "pneumoniamnist": "vit_b16"}
+    assert plan.retriever_choices(jobs, None) == {}
 
 
 def test_status_and_recomputed_units():

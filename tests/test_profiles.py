@@ -20,7 +20,7 @@ BIN = Path(sys.executable).parent
 def test_every_profile_yaml_loads(path):
     prof = load_profile(path)
     assert isinstance(prof, Profile) and prof.name == path.stem and prof.path == str(path)
-    assert set(prof.rad.retrievers) <= set(prof.specialists.architectures)
+    assert prof.rad.retriever == "best-validation"
     assert prof.generalist.model or prof.generalist.tiny_model   # a base model to start from
 
 
@@ -53,7 +53,7 @@ def test_extends_merges_over_the_parent():
                                                      r"of weights_path, allow_scratch, pretrained_tag, img_size, "
                                                      r"overrides\)"),
     ("data.datasets=[ham10000, nosuchset]", r"data.datasets: .*unknown dataset\(s\) \['nosuchset'\]"),
-    ("rad.retrievers=[vgg16]", r"rad.retrievers \['vgg16'\] are not in specialists.architectures"),
+    ("rad.retriever=vgg16", r"rad.retriever 'vgg16' is not in specialists.architectures"),
     ("rad.index_params={efs: 3}", r"rad.index_params: .*unknown keys \['efs'\]"),
     ("generalist.tiny_model=null", r"generalist: .*set `model`"),
     ("finetune.max_steps", r"expected KEY.PATH=VALUE"),

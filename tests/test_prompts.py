@@ -16,25 +16,26 @@ LABELS = ["malignant", "normal, benign"]
 RAD = ["malignant", "malignant", "normal, benign"]
 MOED = ["normal, benign", "malignant"]
 
-# The expected strings are written out by hand from SPEC §4 (not built from the module's templates).
+# The expected strings are written out by hand from SPEC §4 (not built from the module's templates). The option list
+# is joined by ", " (so "malignant, normal, benign" reads as the benchmark's two options); {RAD} and {MoED} by ",".
 GSCO_SINGLE = {
     0: ("You are a helpful medical assistant. Your task is disease diagnosis. You are given a breast ultrasound image. "
-        "The possible options are: malignant,normal, benign. "
+        "The possible options are: malignant, normal, benign. "
         "The diagnoses of the most similar cases are malignant,malignant,normal, benign. "
         "The reference answers by other models are normal, benign,malignant. "
         "The response should only contain one option."),
     1: ("You are a helpful medical assistant. Your task is disease diagnosis. You are required to diagnose the breast "
         "ultrasound image. The reference diagnoses of the most similar cases are malignant,malignant,normal, benign. "
         "The reference answers by other models are normal, benign,malignant. "
-        "The possible options are: malignant,normal, benign. The response should only contain one option."),
+        "The possible options are: malignant, normal, benign. The response should only contain one option."),
     2: ("You are a helpful medical assistant. You are required to classify the breast ultrasound Image. "
         "The reference diagnoses of the most similar cases are malignant,malignant,normal, benign. "
         "The reference answers by other models are normal, benign,malignant. "
-        "The available options are: malignant,normal, benign. The response should only contain one option."),
+        "The available options are: malignant, normal, benign. The response should only contain one option."),
     3: ("You are a helpful medical assistant. You are required to diagnose the breast ultrasound image. "
         "The reference diagnoses of the most similar cases are malignant,malignant,normal, benign. "
         "The reference answers by other models are normal, benign,malignant. "
-        "The possible options are: malignant,normal, benign. The response should only contain one option."),
+        "The possible options are: malignant, normal, benign. The response should only contain one option."),
 }
 
 
@@ -56,12 +57,12 @@ def test_training_templates_are_fig_a3():
     rows = pl.DataFrame({"modality": ["dermoscopy", "fundus", "CT"], "label_set": [["melanoma", "nevus"]] * 3})
     rendered = rows.select(
         cls=template_expr(prompts.CLS_TEMPLATE, modality=pl.col("modality"),
-                          label_set=pl.col("label_set").list.join(prompts.LABEL_SEP)),
+                          label_set=pl.col("label_set").list.join(prompts.OPTION_SEP)),
         dgb=template_expr(prompts.DGB_TEMPLATE, modality=pl.col("modality")),
         des=template_expr(prompts.DES_TEMPLATE, modality=pl.col("modality")))
     assert rendered["cls"][0] == (
         "You are a helpful medical assistant. Your task is disease diagnosis. You are given a dermoscopy image. "
-        "The possible diagnoses are: melanoma,nevus.")
+        "The possible diagnoses are: melanoma, nevus.")
     assert rendered["dgb"][1] == (
         "You are a helpful medical assistant. Your task is report generation. You are given a fundus image. You need "
         "to provide a medical report consisting of findings and impressions. Findings list the observations and "
@@ -72,7 +73,7 @@ def test_training_templates_are_fig_a3():
 
 
 def test_templates_render_with_format_fields_used_by_table_code():
-    # tasks/generalist/corpus.py renders these column-wise from their {field}s: the field names are part of the contract.
+    # tasks/generalist/corpus.py renders these column-wise from their {field}s: the field names are a contract.
     def fields(t):
         return set(re.findall(r"\{(\w+)\}", t))
     assert fields(prompts.CLS_TEMPLATE) == {"modality", "label_set"}
@@ -91,7 +92,7 @@ def test_gsco_prompt_paraphrases_are_fig_a4(paraphrase):
 
 def test_ablation_arms_drop_the_missing_sentence():
     head = ("You are a helpful medical assistant. Your task is disease diagnosis. You are given a chest X-ray image. "
-            "The possible options are: effusion,No finding.")
+            "The possible options are: effusion, No finding.")
     rad = " The diagnoses of the most similar cases are effusion,effusion."
     moed = " The reference answers by other models are No finding."
     tail = (" The response should only contain one or more options. Only if no other options are available, "
@@ -106,7 +107,7 @@ def test_ablation_arms_drop_the_missing_sentence():
 def test_ablation_arms_keep_paraphrase_order():
     got = prompts.diagnosis_prompt("CT", ["a", "b"], multilabel=False, rad=None, moed=["b"], paraphrase=2)
     assert got == ("You are a helpful medical assistant. You are required to classify the CT Image. "
-                   "The reference answers by other models are b. The available options are: a,b. "
+                   "The reference answers by other models are b. The available options are: a, b. "
                    "The response should only contain one option.")
 
 
@@ -129,3 +130,38 @@ def test_des_rewrite_prompt_carries_the_case_and_asks_to_drop_identifying_detail
     for must in ("description of what the image shows", "name", "age", "dates", "clinical history"):
         assert must in got
 
+
+def test_option_list_and_reference_lists_have_their_own_separators():
+    assert (prompts.OPTION_SEP, prompts.REFERENCE_SEP) == (", ", ",")
+    got = prompts.diagnosis_prompt("breast ultrasound", LABELS, False, rad=["normal, benign"], moed=MOED)
+    assert "The possible options are: malignant, normal, benign. " in got
+    assert "The diagnoses of the most similar cases are normal, benign. " in got
+    assert "The reference answers by other models are normal, benign,malignant. " in got
+
+
+MC_OPTIONS = {"A": "Pneumonia", "B": "Normal, no acute findings", "C": "Pneumothorax", "D": "Pleural effusion"}
+
+
+def test_multiple_choice_prompt_is_the_vqa_template_then_lettered_options():
+    assert prompts.multiple_choice_prompt("What abnormality is shown in this chest X-ray?", MC_OPTIONS) == (
+        "You are a helpful medical assistant. You are required to answer the question based on the medical image. "
+        "The question is What abnormality is shown in this chest X-ray?.\n"
+        "Options:\nA: Pneumonia\nB: Normal, no acute findings\nC: Pneumothorax\nD: Pleural effusion\n"
+        "Answer with the letter of the correct option.")
+    assert prompts.multiple_choice_prompt("Is this normal?", {"A": " yes ", "B": "no"}).endswith(
+        "Options:\nA: yes\nB: no\nAnswer with the letter of the correct option.")
+
+
+def test_multiple_choice_prompt_rejects_bad_options():
+    with pytest.raises(ValueError, match=r"options: expected the letters \['A', 'B'\] in order, got \['A', 'C'\]"):
+        prompts.multiple_choice_prompt("q?", {"A": "x", "C": "y"})
+    with pytest.raises(ValueError, match=r"options: expected the letters \['A', 'B'\] in order, got \['B', 'A'\]"):
+        prompts.multiple_choice_prompt("q?", {"B": "x", "A": "y"})
+    with pytest.raises(ValueError, match="at least 2"):
+        prompts.multiple_choice_prompt("q?", {"A": "x"})
+    with pytest.raises(ValueError, match=r"options\['B'\]"):
+        prompts.multiple_choice_prompt("q?", {"A": "x", "B": " "})
+    with pytest.raises(TypeError, match="options"):
+        prompts.multiple_choice_prompt("q?", ["x", "y"])
+    with pytest.raises(ValueError, match="question"):
+        prompts.multiple_choice_prompt(" ", MC_OPTIONS)

@@ -19,10 +19,10 @@ def test_rad_neighbours_share_labels(tiny_tables, tiny_profile, tmp_path):
     result = run_job(spec)
     assert result["status"] == "trained"
     job = job_summary(result, {"run_id": None, "model_id": None})
-    info = build_rad_index(job, layout, RadSettings(retrievers=["resnet18"], ann_min_rows=50_000))
+    info = build_rad_index(job, layout, RadSettings(retriever="resnet18", ann_min_rows=50_000))
     train = read_samples(tiny_tables, ds, "train")
     assert info["rows"] == train.height and info["index_type"] == "FLAT" and not info["reused"]
-    again = build_rad_index(job, layout, RadSettings(retrievers=["resnet18"], ann_min_rows=50_000))
+    again = build_rad_index(job, layout, RadSettings(retriever="resnet18", ann_min_rows=50_000))
     assert again["reused"] and again["version"] == info["version"]
 
     k = 5
@@ -34,3 +34,12 @@ def test_rad_neighbours_share_labels(tiny_tables, tiny_profile, tmp_path):
     freq = Counter(lab[0] for lab in train["labels"].to_list())
     chance = sum((freq[truth[s][0]] / train.height) for s in truth) / len(truth)
     assert share >= chance + 0.25, (share, chance)
+
+    # a training-split query (what a collaboration corpus shows) never retrieves itself: k *other* cases
+    own = rad_references(job, layout, k, split="train")
+    assert set(own) == set(train["sample_id"].to_list()) and all(len(v) == k for v in own.values())
+    # with k = n - 1 every other case comes back: the label multiset is the split's minus the sample's own
+    everyone = rad_references(job, layout, train.height - 1, split="train")
+    all_labels = Counter(lab for labs in train["labels"].to_list() for lab in labs)
+    for sid, labs in list(zip(train["sample_id"].to_list(), train["labels"].to_list()))[:5]:
+        assert Counter(everyone[sid]) == all_labels - Counter(labs)

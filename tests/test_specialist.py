@@ -327,3 +327,62 @@ def test_data_from_canonical_samples_frames():
     with pytest.raises(DataError, match=r"toy/val row 1 field 'labels'"):
         data_from_samples(frame("train", mc, "multiclass"), frame("val", [["a"], ["a", "b"], ["b"]], "multiclass"),
                              frame("test", mc, "multiclass"))
+
+
+# ------------------------------------------------------------------------------------------- classification_metrics
+NAMES3 = ["nevus", "bcc", "melanoma"]
+MC_TARGETS = np.array([0, 0, 1, 1, 0])                  # "melanoma" absent from the targets
+
+
+def _metrics_no_warnings(*args, **kwargs):
+    import warnings
+
+    from tasks.specialists.outputs import classification_metrics_and_notes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # sklearn's "AUC undefined" warning must not happen either
+        m, notes = classification_metrics_and_notes(*args, **kwargs)
+    assert all(v is None or np.isfinite(v) for v in m.values()), m
+    return m, notes
+
+
+def test_classification_metrics_multiclass_missing_class_torchmetrics_convention():
+    from torchmetrics.functional.classification import multiclass_f1_score
+    probs = np.array([[.7, .2, .1], [.2, .1, .7], [.1, .8, .1], [.6, .3, .1], [.5, .4, .1]], dtype=np.float32)
+    m, notes = _metrics_no_warnings("multiclass", MC_TARGETS, probs, label_names=NAMES3)
+    # predicted 0, 2, 1, 0, 0: nevus tp2 fp1 fn1 -> 2/3, bcc tp1 fn1 -> 2/3, melanoma fp1 -> 0 (predicted: averaged)
+    assert m["macro_f1"] == pytest.approx(4 / 9)
+    assert m["micro_f1"] == pytest.approx(3 / 5) and m["accuracy"] == pytest.approx(3 / 5)
+    assert m["auc"] is None and notes == {"auc": "undefined: class 'melanoma' absent from the targets"}
+    # melanoma never predicted either: left out of the macro average, as torchmetrics' MulticlassF1Score does
+    probs[1] = [.2, .7, .1]
+    m, _ = _metrics_no_warnings("multiclass", MC_TARGETS, probs, label_names=NAMES3)
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    want = multiclass_f1_score(torch.tensor(probs.argmax(1)), torch.tensor(MC_TARGETS), 3, average="macro").item()
+    assert m["macro_f1"] == pytest.approx(want)
+
+
+def test_classification_metrics_multilabel_label_without_positive():
+    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    probs = np.array([[.9, .1, .2], [.3, .6, .1], [.8, .2, .1], [.1, .1, .5]])
+    m, notes = _metrics_no_warnings("multilabel", targets, probs, threshold=0.5, label_names=["a", "b", "c"])
+    # predicted [a], [b], [a], [c]: a tp2 -> 1; b tp1 fn1 -> 2/3; c fp1 -> 0; every label is averaged
+    # (torchmetrics MultilabelF1Score: a label in neither truth nor prediction would count as 0 too)
+    assert m["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert m["micro_f1"] == pytest.approx(6 / 8)             # tp 3, fp 1, fn 1
+    assert m["accuracy"] == pytest.approx(2 / 4)             # exact match: samples 0 and 1
+    assert m["auc"] is None and notes == {"auc": "undefined: class 'c' absent from the targets"}
+
+
+def test_classification_metrics_binary_one_class_and_defined_auc():
+    from sklearn.metrics import roc_auc_score
+
+    from tasks.specialists.outputs import classification_metrics
+    probs = np.array([[.2, .8], [.6, .4], [.3, .7]])
+    m, notes = _metrics_no_warnings("binary", np.array([1, 1, 1]), probs, label_names=["normal", "pneumonia"])
+    assert m["accuracy"] == pytest.approx(2 / 3) and m["auc"] is None
+    assert notes["auc"] == ("undefined: class 'normal' absent from the targets; "
+                            "class 'pneumonia' present in every target")
+    targets = np.array([1, 0, 1])
+    m = classification_metrics("binary", targets, probs)     # the old signature still works
+    assert m["auc"] == pytest.approx(roc_auc_score(targets, probs[:, 1])) and m["auc"] == 1.0
+    assert set(m) == {"accuracy", "macro_f1", "micro_f1", "auc"}

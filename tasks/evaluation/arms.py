@@ -47,12 +47,13 @@ def _generate(generalist, images: list[bytes], texts: list[str], settings, batch
     return out
 
 
-def _rows(dataset: str, method: str, kind: str, ids, truth, pred, answers, failed, prompts_, answer_types=None):
+def _rows(dataset: str, method: str, kind: str, ids, truth, pred, answers, failed, prompts_, answer_types=None,
+          groups=None):
     n = len(ids)
     return [{"dataset": dataset, "method": method, "sample_id": ids[i], "task_kind": kind, "truth": list(truth[i]),
              "prediction": list(pred[i]), "answer_text": answers[i] if answers else None,
              "parse_failed": bool(failed[i]), "answer_type": answer_types[i] if answer_types else None,
-             "prompt": prompts_[i] if prompts_ else None} for i in range(n)]
+             "prompt": prompts_[i] if prompts_ else None, "group": groups[i] if groups else None} for i in range(n)]
 
 
 def diagnosis_predictions(test: pl.DataFrame, card: DataCard, generalist, settings,
@@ -75,7 +76,7 @@ def diagnosis_predictions(test: pl.DataFrame, card: DataCard, generalist, settin
                             moed_reference(specialist_preds, s) if use_moed else None,
                             rad_refs[s] if use_rad else None, paraphrase) for s in ids]
         answers = _generate(generalist, images, texts, settings, batch_size)
-        parsed = [parse_answer(a, card.labels, multilabel) for a in answers]
+        parsed = [parse_answer(a, card.labels, multilabel, synonyms=card.synonyms) for a in answers]
         rows += _rows(card.name, arm, "diagnosis", ids, truth, [p.labels for p in parsed], answers,
                       [p.failed for p in parsed], texts)
     if specialist_preds:
@@ -92,8 +93,39 @@ def vqa_predictions(test: pl.DataFrame, card: DataCard, generalist, settings, ba
     ids = test["sample_id"].to_list()
     texts = [prompts.vqa_prompt(q) for q in test["question"].to_list()]
     answers = _generate(generalist, test["image"].to_list(), texts, settings, batch_size)
-    rows = _rows(card.name, "MedDr", "vqa", ids, [[a] for a in test["answer"].to_list()], [[a] for a in answers],
-                 answers, [False] * len(ids), texts, test["answer_type"].to_list())
+    # VQA-Med writes accepted alternatives as "a#b": each is a truth the scorer accepts
+    truth = [a.split("#") if card.raw.format == "vqa_med_txt" else [a] for a in test["answer"].to_list()]
+    rows = _rows(card.name, "MedDr", "vqa", ids, truth, [[a] for a in answers], answers, [False] * len(ids), texts,
+                 test["answer_type"].to_list())
+    return pl.from_arrow(pa.Table.from_pylist(rows, schema=PREDICTIONS_SCHEMA))
+
+
+def option_letters(options: Sequence[str]) -> dict[str, str]:
+    """A question's options by letter, A, B, C, ... in the order the benchmark lists them."""
+    if len(options) > 26:
+        raise ValueError(f"at most 26 options can be lettered, got {len(options)}")
+    return {chr(ord("A") + i): o for i, o in enumerate(options)}
+
+
+def multiple_choice_predictions(test: pl.DataFrame, card: DataCard, generalist, settings,
+                                batch_size: int = 16) -> pl.DataFrame:
+    """MedDr's choices on a multiple-choice set (OmniMedVQA): the options shown in the prompt, the answer mapped to
+    an option by letter or text; truth and prediction are option letters, group = the question's modality."""
+    from tasks.evaluation.parsing import parse_choice
+
+    ids = test["sample_id"].to_list()
+    options = [option_letters(o) for o in test["label_set"].to_list()]
+    truth = []
+    for sid, opts, answer in zip(ids, options, test["answer"].to_list()):
+        letters = [k for k, v in opts.items() if v == answer]
+        if not letters:
+            raise ValueError(f"{card.name} sample {sid}: answer {answer!r} is not one of its options {opts}")
+        truth.append([letters[0]])
+    texts = [prompts.multiple_choice_prompt(q, o) for q, o in zip(test["question"].to_list(), options)]
+    answers = _generate(generalist, test["image"].to_list(), texts, settings, batch_size)
+    parsed = [parse_choice(a, o) for a, o in zip(answers, options)]
+    rows = _rows(card.name, "MedDr", "vqa", ids, truth, [[p.letter] if p.letter else [] for p in parsed], answers,
+                 [p.failed for p in parsed], texts, test["answer_type"].to_list(), test["modality"].to_list())
     return pl.from_arrow(pa.Table.from_pylist(rows, schema=PREDICTIONS_SCHEMA))
 
 

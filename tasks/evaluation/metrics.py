@@ -3,30 +3,30 @@
 
     OMP_NUM_THREADS=1 pytest -q tests/test_metrics.py
 
-Library choices: BLEU is sacrebleu's, ROUGE is rouge-score's, METEOR is nltk's. nltk's METEOR wants WordNet data,
-which no PyPI package ships in a form nltk reads offline; when `nltk.data` finds no local WordNet, METEOR runs with
-exact + Porter-stem matching only and is reported under its own name, METEOR_NO_SYNONYMS. F1-RadGraph and CheXbert
-need model weights: without a scorer they are reported as not computed, never as 0.
+Library choices: macro/micro-F1 follow torchmetrics' convention (tasks/evaluation/bootstrap.py, MacroF1); BLEU is
+sacrebleu's, ROUGE is rouge-score's, METEOR is METEOR 1.5 (exact, stem, WordNet-synonym and paraphrase matching), the
+jar that pycocoevalcap ships with its paraphrase table, run with Java: without `java` on PATH METEOR is reported as not
+computed, never as 0 and never as another METEOR variant. F1-RadGraph and CheXbert need model weights
+(tasks/evaluation/clinical.py builds their scorers): without a scorer they are reported as not computed, with why.
 """
 from __future__ import annotations
 
 import itertools
 import math
 import re
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 
-from tasks.evaluation.bootstrap import (ALPHA, DIAGNOSIS_METRICS, MEAN, N_BOOT, RATIO, CountMetric, Estimate,
-                                        estimate)
+from tasks.evaluation.bootstrap import ALPHA, MEAN, N_BOOT, RATIO, CountMetric, Estimate, diagnosis_metrics, estimate
 
 HEADLINE = {"binary": "accuracy", "multiclass": "macro_f1", "multilabel": "macro_f1"}   # SPEC §8
 NOT_COMPUTED_WEIGHTS = "not computed: weights absent"
-METEOR_FULL = "METEOR"
-METEOR_NO_SYNONYMS = "METEOR-exact-stem"
-METEOR_NO_SYNONYMS_NOTE = "METEOR (exact+stem, no WordNet synonyms): no WordNet data found by nltk.data on this machine"
+METEOR = "METEOR"
+NO_JAVA = "not computed: METEOR 1.5 needs a Java runtime (java on PATH), none found"
 
 
 # -------------------------------------------------------------------------------------------------------- diagnosis
@@ -55,14 +55,15 @@ def diagnosis_scores(y_true: Sequence[Sequence[str] | str], y_pred: Sequence[Seq
                      n: int = N_BOOT, seed: int = 0, alpha: float = ALPHA) -> dict[str, Estimate]:
     """accuracy, macro_f1, micro_f1 (+ parse_failure_rate when `failed` is given) with bootstrap CIs.
 
-    A prediction with no label (a parse failure) is wrong: it is a false negative of the true label(s) and a false
-    positive of nothing. Multilabel "No finding" is an ordinary column of the label set.
+    One convention everywhere: torchmetrics' (bootstrap.MacroF1 says how it treats labels absent from truth and
+    prediction). A prediction with no label (a parse failure) is wrong: it is a false negative of the true label(s)
+    and a false positive of nothing. Multilabel "No finding" is an ordinary column of the label set.
     """
     if len(y_true) != len(y_pred):
         raise ValueError(f"y_true has {len(y_true)} samples but y_pred has {len(y_pred)}")
     t = label_indicator(y_true, label_set, multilabel, "y_true", allow_empty=multilabel)
     p = label_indicator(y_pred, label_set, multilabel, "y_pred")
-    out = {k: estimate(fn, t, p, n=n, seed=seed, alpha=alpha) for k, fn in DIAGNOSIS_METRICS.items()}
+    out = {k: estimate(fn, t, p, n=n, seed=seed, alpha=alpha) for k, fn in diagnosis_metrics(multilabel).items()}
     if failed is not None:
         if len(failed) != len(y_true):
             raise ValueError(f"failed has {len(failed)} entries for {len(y_true)} samples")
@@ -205,37 +206,96 @@ def vqa_scores(predictions: Sequence[str], answers: Sequence[str | Sequence[str]
 
 
 # ---------------------------------------------------------------------------------------------------------- reports
-def local_wordnet():
-    """nltk's WordNet reader when its data is installed locally (nltk.data path), else None; never downloads."""
-    import nltk
-    for resource in ("corpora/wordnet.zip", "corpora/wordnet"):
+def _one_line(text: str) -> str:
+    """`text` as one line without METEOR's field separator: the jar reads one segment per line, fields split by |||."""
+    return " ".join(text.replace("|||", " ").split())
+
+
+def _start_meteor():
+    """(pycocoevalcap's Meteor with its java process running, None) or (None, why it cannot run here)."""
+    if shutil.which("java") is None:
+        return None, NO_JAVA
+    try:
+        from pycocoevalcap.meteor.meteor import Meteor
+    except ImportError as e:
+        return None, f"not computed: pycocoevalcap (METEOR 1.5) is not installed: {e}"
+    try:
+        return Meteor(), None
+    except OSError as e:
+        return None, f"not computed: could not start METEOR 1.5's java process: {e}"
+
+
+def _close_meteor(meteor) -> None:
+    """Stop pycocoevalcap's METEOR java process now (it only stops it when the object is collected)."""
+    proc = meteor.meteor_p
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
         try:
-            nltk.data.find(resource)
-        except LookupError:
-            continue
-        from nltk.corpus import wordnet
-        return wordnet
-    return None
+            stream.close()
+        except OSError:     # the process already died: its pipe is broken
+            pass
+    proc.kill()
+    proc.wait()
+    if meteor.lock.locked():   # left held when the jar failed mid-call; its __del__ takes it again
+        meteor.lock.release()
 
 
-class _NoSynonyms:
-    """Stands in for WordNet in nltk's METEOR so that its synonym stage matches nothing (exact + stem remain)."""
+class MeteorSession:
+    """One METEOR 1.5 java process for several meteor_per_sample calls, stopped on leaving the `with` block.
 
-    def synsets(self, word):
-        return []
+        with MeteorSession() as meteor:
+            report_per_sample(hyps_a, refs, meteor=meteor); report_per_sample(hyps_b, refs, meteor=meteor)
+
+    Starting the jar costs about 10 s of CPU (it loads its paraphrase table), so a benchmark scoring several methods
+    should share one. Once the process fails, every later call answers (None, why).
+    """
+
+    def __init__(self):
+        self._meteor, self.why = None, None
+
+    def __enter__(self) -> "MeteorSession":
+        self._meteor, self.why = _start_meteor()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the java process (idempotent)."""
+        if self._meteor is not None:
+            _close_meteor(self._meteor)
+            self._meteor = None
+
+    def score(self, hypotheses: Sequence[str], references: Sequence[str]) -> tuple[np.ndarray | None, str | None]:
+        """meteor_per_sample on this session's process."""
+        if len(hypotheses) != len(references):
+            raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+        if self._meteor is None:
+            return None, self.why or "not computed: METEOR session is closed"
+        if not hypotheses:
+            return np.zeros(0), None
+        try:
+            gts = {i: [_one_line(r)] for i, r in enumerate(references)}
+            res = {i: [_one_line(h)] for i, h in enumerate(hypotheses)}
+            _, scores = self._meteor.compute_score(gts, res)
+        except (OSError, ValueError) as e:      # java died or answered something other than scores
+            self.close()
+            self.why = f"not computed: METEOR 1.5's java process failed: {e!r}"
+            return None, self.why
+        return np.asarray(scores, dtype=float), None
 
 
-def meteor_per_sample(hypotheses: Sequence[str], references: Sequence[str], wordnet="auto") -> tuple[np.ndarray, str]:
-    """(nltk METEOR per sample, metric name): METEOR with WordNet when found, else METEOR_NO_SYNONYMS."""
-    from nltk.tokenize import wordpunct_tokenize
-    from nltk.translate.meteor_score import single_meteor_score
-    if wordnet == "auto":
-        wordnet = local_wordnet()
-    name = METEOR_FULL if wordnet is not None else METEOR_NO_SYNONYMS
-    wn = wordnet if wordnet is not None else _NoSynonyms()
-    scores = np.array([single_meteor_score(wordpunct_tokenize(r.lower()), wordpunct_tokenize(h.lower()), wordnet=wn)
-                       for h, r in zip(hypotheses, references)])
-    return scores, name
+def meteor_per_sample(hypotheses: Sequence[str], references: Sequence[str],
+                      session: MeteorSession | None = None) -> tuple[np.ndarray | None, str | None]:
+    """(METEOR 1.5 per hypothesis-reference pair, None), or (None, why) when METEOR cannot run here.
+
+    pycocoevalcap's Meteor runs meteor-1.5.jar (`-l en -norm`: exact, stem, synonym, paraphrase modules) in one java
+    process: `session`'s, else one started for this call and stopped before returning. The scores are the jar's
+    per-segment scores (the report gives their mean; the jar's corpus-level aggregate is not used).
+    """
+    if session is not None:
+        return session.score(hypotheses, references)
+    with MeteorSession() as own:
+        return own.score(hypotheses, references)
 
 
 @dataclass
@@ -246,14 +306,27 @@ class ReportScores:
     notes: dict[str, str] = field(default_factory=dict)
 
 
+def _model_scores(name: str, scorer_fn: Callable, hyps: list[str], refs: list[str]) -> np.ndarray:
+    values = np.asarray(scorer_fn(hyps, refs), dtype=float)
+    if values.shape != (len(hyps),):
+        raise ValueError(f"{name} scorer: expected {len(hyps)} per-sample scores, got shape {values.shape}")
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise ValueError(f"{name} scorer: non-finite scores for samples {bad[:10].tolist()}")
+    return values
+
+
 def report_per_sample(hypotheses: Sequence[str], references: Sequence[str],
                       radgraph: Callable[[list[str], list[str]], Sequence[float]] | None = None,
                       chexbert: Callable[[list[str], list[str]], Sequence[float]] | None = None,
-                      wordnet="auto") -> ReportScores:
-    """BLEU-1, BLEU-4 (sacrebleu, 13a, lower-cased), ROUGE-1, ROUGE-L (rouge-score F), METEOR per report pair.
+                      radgraph_note: str | None = None, chexbert_note: str | None = None,
+                      meteor: MeteorSession | None = None) -> ReportScores:
+    """BLEU-1, BLEU-4 (sacrebleu, 13a, lower-cased), ROUGE-1, ROUGE-L (rouge-score F), METEOR 1.5 per report pair.
 
-    `radgraph` / `chexbert` are scorers built from locally present weights (hyps, refs -> per-sample scores); when
-    absent those metrics are listed in `not_computed`, never scored 0.
+    `radgraph` / `chexbert` are scorers built from locally present weights (hyps, refs -> per-sample scores; see
+    tasks/evaluation/clinical.py); when absent those metrics are listed in `not_computed` with `radgraph_note` /
+    `chexbert_note` as the reason (default NOT_COMPUTED_WEIGHTS), never scored 0. METEOR without Java: likewise.
+    `meteor`: a MeteorSession to reuse (else one java process is started and stopped for this call).
     """
     from rouge_score import rouge_scorer
     if len(hypotheses) != len(references):
@@ -271,28 +344,27 @@ def report_per_sample(hypotheses: Sequence[str], references: Sequence[str],
     rouge = [scorer.score(r, h) for h, r in zip(hyps, refs)]
     out.per_sample["ROUGE-1"] = np.array([s["rouge1"].fmeasure for s in rouge])
     out.per_sample["ROUGE-L"] = np.array([s["rougeL"].fmeasure for s in rouge])
-    meteor, meteor_name = meteor_per_sample(hyps, refs, wordnet)
-    out.per_sample[meteor_name] = meteor
-    if meteor_name == METEOR_NO_SYNONYMS:
-        out.notes[meteor_name] = METEOR_NO_SYNONYMS_NOTE
-    for name, scorer_fn in (("F1-RadGraph", radgraph), ("CheXbert", chexbert)):
+    meteor_scores, why = meteor_per_sample(hyps, refs, meteor)
+    if meteor_scores is None:
+        out.not_computed[METEOR] = why
+    else:
+        out.per_sample[METEOR] = meteor_scores
+    for name, scorer_fn, note in (("F1-RadGraph", radgraph, radgraph_note), ("CheXbert", chexbert, chexbert_note)):
         if scorer_fn is None:
-            out.not_computed[name] = NOT_COMPUTED_WEIGHTS
-            continue
-        values = np.asarray(scorer_fn(hyps, refs), dtype=float)
-        if values.shape != (len(hyps),):
-            raise ValueError(f"{name} scorer: expected {len(hyps)} per-sample scores, got shape {values.shape}")
-        out.per_sample[name] = values
+            out.not_computed[name] = note or NOT_COMPUTED_WEIGHTS
+        else:
+            out.per_sample[name] = _model_scores(name, scorer_fn, hyps, refs)
     return out
 
 
 def report_scores(hypotheses: Sequence[str], references: Sequence[str],
-                  radgraph: Callable | None = None, chexbert: Callable | None = None, wordnet="auto",
-                  n: int = N_BOOT, seed: int = 0, alpha: float = ALPHA) -> dict[str, Estimate]:
+                  radgraph: Callable | None = None, chexbert: Callable | None = None,
+                  n: int = N_BOOT, seed: int = 0, alpha: float = ALPHA, radgraph_note: str | None = None,
+                  chexbert_note: str | None = None) -> dict[str, Estimate]:
     """Report-generation metrics (means over reports) with bootstrap CIs; absent ones as Estimate(None, note=why)."""
     if not len(hypotheses):
         raise ValueError("no reports to score")
-    scores = report_per_sample(hypotheses, references, radgraph, chexbert, wordnet)
+    scores = report_per_sample(hypotheses, references, radgraph, chexbert, radgraph_note, chexbert_note)
     out = {name: estimate(MEAN, values, n=n, seed=seed, alpha=alpha, note=scores.notes.get(name))
            for name, values in scores.per_sample.items()}
     out.update({name: Estimate(None, note=why) for name, why in scores.not_computed.items()})

@@ -123,3 +123,31 @@ def ablation_png(abl: pl.DataFrame) -> bytes:
         ax.legend(fontsize=8, ncols=4, loc="lower center", bbox_to_anchor=(0.5, 1.06), frameon=False)
 
     return _png(draw, (max(5.0, 1.0 + 0.9 * len(labels)), 3.6))
+
+
+def specialist_vs_gsco_png(tab: pl.DataFrame, specialist: str) -> bytes:
+    """Fig. 4(c): one panel per task type (binary, multiclass, multilabel), the best specialist's and GSCo's headline
+    metric per dataset side by side; an absent value is a labelled gap, never a bar at 0."""
+    groups = [g for g in tab["group"].unique(maintain_order=True).to_list()]
+    sizes = [tab.filter(pl.col("group") == g).height for g in groups]
+    series = (("specialist", specialist, _FAMILY_COLOURS["specialist"]), ("GSCo", "GSCo", _FAMILY_COLOURS["GSCo"]))
+
+    def draw(fig):
+        axes = fig.subplots(1, len(groups), sharey=True, squeeze=False, width_ratios=sizes)[0]
+        for ax, g in zip(axes, groups):
+            sub = tab.filter(pl.col("group") == g)
+            labels = sub["dataset"].to_list()
+            for k, (col, name, colour) in enumerate(series):
+                vals = sub[col].to_list()
+                xs = [i + (k - 0.5) * 0.4 for i in range(len(labels))]
+                bars = ax.bar(xs, [0.0 if v is None else v for v in vals], width=0.4, color=colour, label=name)
+                for b, v in zip(bars, vals):
+                    if v is None:
+                        ax.text(b.get_x() + 0.2, 0.01, MISSING, ha="center", va="bottom", fontsize=7)
+            ax.set_xticks(range(len(labels)), labels=labels, rotation=30, ha="right", fontsize=8)
+            ax.set_ylim(0, 1.05)
+            ax.set_title(g, fontsize=9)
+        axes[0].set_ylabel("accuracy (binary) / macro-F1", fontsize=8)
+        axes[0].legend(fontsize=8, ncols=2, loc="lower left", bbox_to_anchor=(0.0, 1.08), frameon=False)
+
+    return _png(draw, (max(5.0, 1.5 + 0.9 * sum(sizes)), 3.6))

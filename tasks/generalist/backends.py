@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from tasks.generalist.chat import chat_text
 from tasks.generalist.settings import GeneralistSettings, GenerationSettings
 
@@ -39,7 +41,12 @@ class WeightsNotFoundError(FileNotFoundError):
 
 
 class Generalist(Protocol):
-    """What synthesis and evaluation need: a stable id (part of their cache keys), batched (image, prompt) -> text."""
+    """What synthesis and evaluation need: a stable id (part of their cache keys), batched (image, prompt) -> text.
+
+    Local (transformers) generalists also have `embed_images(images) -> (n, d) float32`: the vision encoder's pooled
+    features, the retriever of RAD's encoder variant (tasks/rad/encoder.py). A served (OpenAI-compatible) generalist
+    exposes no encoder, so its `embed_images` raises and that variant cannot run on it.
+    """
 
     id: str
 
@@ -206,6 +213,45 @@ class TransformersGeneralist:
             out.extend(t.strip() for t in self.processor.batch_decode(new, skip_special_tokens=True))
         return out
 
+    def embed_images(self, images: list[bytes]) -> np.ndarray:
+        """(n, d) float32: per image, the mean over its image tokens of the vision tower + projector output.
+
+        These are the features generate() feeds the language model (the paper's "intermediate results" of MedDr's
+        vision encoder), from the same image processor and tiling; batches of `batch_size`, no grad, eval mode, so
+        the same bytes give the same vector run to run on the same device.
+        """
+        import torch
+
+        for i, b in enumerate(images):
+            if not isinstance(b, (bytes, bytearray)) or not b:
+                raise ValueError(f"embed_images: images[{i}]: expected encoded image bytes (PNG/JPEG), "
+                                 f"got {type(b).__name__}")
+        if not hasattr(self.model, "get_image_features"):
+            raise NotImplementedError(f"{self.id}: {type(self.model).__name__} has no get_image_features; "
+                                      "expected an InternVL-family model to embed images with")
+        extra = {"crop_to_patches": self.crop_to_patches} \
+            if hasattr(getattr(self.processor, "image_processor", None), "crop_to_patches") else {}
+        out: list[np.ndarray] = []
+        for start in range(0, len(images), self.batch_size):
+            pil = [decode_image(b, f"images[{start + i}]")
+                   for i, b in enumerate(images[start:start + self.batch_size])]
+            inputs = self.processor.image_processor(images=pil, return_tensors="pt", **extra)
+            pixels = inputs["pixel_values"].to(self.device, self.model.dtype)
+            tiles = inputs["num_patches"].tolist() if "num_patches" in inputs else [1] * len(pil)
+            with torch.inference_mode():
+                feats = self.model.get_image_features(pixel_values=pixels)
+            feats = getattr(feats, "pooler_output", feats)
+            if not isinstance(feats, torch.Tensor) or feats.ndim != 3 or feats.shape[0] != sum(tiles):
+                raise RuntimeError(f"{self.id}: get_image_features gave {type(feats).__name__} "
+                                   f"{getattr(feats, 'shape', '')}; expected (tiles, tokens, dim), {sum(tiles)} tiles")
+            # one vector per image: the mean over every token of all its tiles, accumulated in float32
+            for chunk in torch.split(feats.float(), tiles):
+                out.append(chunk.mean(dim=(0, 1)).cpu().numpy())
+        if not out:
+            dim = self.model.config.get_text_config().hidden_size
+            return np.zeros((0, dim), np.float32)
+        return np.stack(out).astype(np.float32)
+
 
 def _image_data_url(data: bytes, where: str) -> str:
     if data[:8] == b"\x89PNG\r\n\x1a\n":
@@ -298,6 +344,10 @@ class OpenAIGeneralist:
             futures = [pool.submit(self._post, client, body, f"sample {i}") for i, body in enumerate(bodies)]
             return [f.result().strip() for f in futures]
 
+    def embed_images(self, images: list[bytes]) -> np.ndarray:
+        raise NotImplementedError(f"{self.id}: a served generalist exposes no vision encoder, so RAD with the "
+                                  "generalist's own encoder cannot run on it; use the transformers backend")
+
 
 class LazyGeneralist:
     """A transformers generalist whose weights load on the first `generate` (cached stages never load them)."""
@@ -308,7 +358,7 @@ class LazyGeneralist:
         self.id = f"transformers:{label}@{digest}"
         self._loaded: TransformersGeneralist | None = None
 
-    def generate(self, images: list[bytes], prompts: list[str], generation: GenerationSettings) -> list[str]:
+    def _load(self) -> TransformersGeneralist:
         if self._loaded is None:
             self._loaded = TransformersGeneralist(self.path, batch_size=self.settings.batch_size,
                                                   dtype=self.settings.dtype,
@@ -316,7 +366,14 @@ class LazyGeneralist:
                                                   local_files_only=self.settings.local_files_only)
             if self._loaded.id != self.id:
                 raise RuntimeError(f"{self.path}: weights changed while running ({self._loaded.id} != {self.id})")
-        return self._loaded.generate(images, prompts, generation)
+        return self._loaded
+
+    def generate(self, images: list[bytes], prompts: list[str], generation: GenerationSettings) -> list[str]:
+        return self._load().generate(images, prompts, generation)
+
+    def embed_images(self, images: list[bytes]) -> np.ndarray:
+        """The loaded model's `TransformersGeneralist.embed_images` (loads the weights on first use)."""
+        return self._load().embed_images(images)
 
 
 def generalist_for(model: dict, settings: GeneralistSettings) -> Generalist:

@@ -60,14 +60,30 @@ def template_expr(template: str, **values: pl.Expr) -> pl.Expr:
 
 
 def _label_set() -> pl.Expr:
-    return pl.col("label_set").list.join(prompts.LABEL_SEP)  # the same spelling as the inference prompts
+    return pl.col("label_set").list.join(prompts.OPTION_SEP)  # the same spelling as the inference prompts
 
 
-def render_samples(lf: pl.LazyFrame, task_kind: str) -> pl.LazyFrame:
+def _evaluation_form(multilabel: bool) -> str:
+    """The MedDr arm's diagnosis prompt (Fig. A4, no references) as a {modality}/{label_set} template."""
+    return prompts.diagnosis_prompt("{modality}", ["{label_set}"], multilabel, rad=None, moed=None)
+
+
+def cls_instruction(cls_prompt: str) -> pl.Expr:
+    """The CLS rows' instruction: Fig. A3's template ("paper") or the evaluation's own prompt ("evaluation")."""
+    values = {"modality": pl.col("modality"), "label_set": _label_set()}
+    if cls_prompt == "paper":
+        return template_expr(prompts.CLS_TEMPLATE, **values)
+    if cls_prompt == "evaluation":
+        return (pl.when(pl.col("task_type") == "multilabel").then(template_expr(_evaluation_form(True), **values))
+                .otherwise(template_expr(_evaluation_form(False), **values)))
+    raise ValueError(f"cls_prompt: expected 'paper' or 'evaluation', got {cls_prompt!r}")
+
+
+def render_samples(lf: pl.LazyFrame, task_kind: str, cls_prompt: str = "paper") -> pl.LazyFrame:
     """Instruction rows from a samples scan of one task kind (diagnosis -> CLS, vqa -> VQA, report -> MRG)."""
     if task_kind == "diagnosis":
-        instruction = template_expr(prompts.CLS_TEMPLATE, modality=pl.col("modality"), label_set=_label_set())
-        answer = pl.col("labels").list.join(prompts.LABEL_SEP)
+        instruction = cls_instruction(cls_prompt)
+        answer = pl.col("labels").list.join(prompts.OPTION_SEP)
     elif task_kind == "vqa":
         instruction = template_expr(prompts.VQA_TEMPLATE, question=pl.col("question"))
         answer = pl.col("answer")
@@ -102,10 +118,12 @@ class SampleSource:
     digest: str
 
 
-def corpus_key(sources: list[SampleSource], synthesis: dict[str, tuple[Path, str]], settings: dict) -> str:
+def corpus_key(sources: list[SampleSource], synthesis: dict[str, tuple[Path, str]], settings: dict,
+               extra: dict[str, tuple[Path, str]] | None = None) -> str:
     """Cache key of the corpus: input digests, settings and the template code."""
     inputs = {f"{s.dataset}/{s.split}": s.digest for s in sources}
     inputs.update({f"synthesis/{k}": d for k, (_, d) in synthesis.items()})
+    inputs.update({f"extra/{k}": d for k, (_, d) in (extra or {}).items()})
     return stage_key("corpus", inputs, settings, CORPUS_CODE)
 
 
@@ -114,14 +132,20 @@ def read_manifest(files: CorpusFiles) -> dict | None:
     return json.loads(files.manifest.read_text()) if files.manifest.exists() else None
 
 
-def _query(sources: list[SampleSource], synthesis: dict[str, tuple[Path, str]]) -> tuple[pl.LazyFrame, int]:
+def _query(sources: list[SampleSource], synthesis: dict[str, tuple[Path, str]], cls_prompt: str = "paper",
+           extra: dict[str, tuple[Path, str]] | None = None) -> tuple[pl.LazyFrame, int]:
     """(the lazy corpus query: rendered, non-empty, de-duplicated rows; the number of rows going in)."""
     lfs = []
     for s in sources:
         if s.split not in ("train", "val"):
             raise ValueError(f"corpus source {s.dataset}/{s.split}: only train and val splits may enter the corpus")
         scan = pl.scan_parquet([str(p) for p in split_paths(s.tables_root, s.dataset, s.split)])
-        lfs.append(render_samples(scan, s.task_kind))
+        lfs.append(render_samples(scan, s.task_kind, cls_prompt))
+    for _, (path, _) in sorted((extra or {}).items()):   # instruction rows prepared elsewhere (collaboration)
+        scan = pl.scan_parquet(str(path))
+        if set(scan.collect_schema().names()) != set(COLUMNS):
+            raise ValueError(f"{path}: expected instruction columns {COLUMNS}, got {scan.collect_schema().names()}")
+        lfs.append(scan.filter(pl.col("split").is_in(["train", "val"])).select(COLUMNS))
     for kind, (d, _) in sorted(synthesis.items()):
         parts = sorted(str(p) for p in SynthesisFiles(Path(d)).parts.glob("part-*.parquet"))
         if parts:
@@ -158,15 +182,17 @@ def _sink_shards(corpus: pl.LazyFrame, shards_dir: Path, rows_per_shard: int,
 
 
 def assemble_corpus(sources: list[SampleSource], synthesis: dict[str, tuple[Path, str]], files: CorpusFiles,
-                    rows_per_shard: int = 50_000, bytes_per_shard: int = 256 * 1024 * 1024) -> CorpusResult:
-    """Build (or serve from cache) the instruction corpus; `synthesis` maps kind -> (output dir, digest)."""
-    settings = {"rows_per_shard": rows_per_shard, "bytes_per_shard": bytes_per_shard}
-    key = corpus_key(sources, synthesis, settings)
+                    rows_per_shard: int = 50_000, bytes_per_shard: int = 256 * 1024 * 1024,
+                    cls_prompt: str = "paper", extra: dict[str, tuple[Path, str]] | None = None) -> CorpusResult:
+    """Build (or serve from cache) the instruction corpus; `synthesis` maps kind -> (output dir, digest), `extra`
+    name -> (an instructions Parquet file, its digest) for rows rendered elsewhere."""
+    settings = {"rows_per_shard": rows_per_shard, "bytes_per_shard": bytes_per_shard, "cls_prompt": cls_prompt}
+    key = corpus_key(sources, synthesis, settings, extra)
     m = read_manifest(files)
     if m and m.get("cache_key") == key:
         return CorpusResult("cached", key, m["rows"], m["digest"], m["duplicates_removed"], m["counts"],
                             str(files.dir))
-    corpus, total_in = _query(sources, synthesis)
+    corpus, total_in = _query(sources, synthesis, cls_prompt, extra)
     tmp = CorpusFiles(temporary_sibling(files.dir))
     try:
         shards, hashes = _sink_shards(corpus, tmp.shards, rows_per_shard, bytes_per_shard)
@@ -179,7 +205,8 @@ def assemble_corpus(sources: list[SampleSource], synthesis: dict[str, tuple[Path
             "cache_key": key, "rows": rows, "digest": digest, "duplicates_removed": total_in - rows, "counts": counts,
             "shards": shards, "settings": settings,
             "sources": [{"dataset": s.dataset, "split": s.split, "digest": s.digest} for s in sources],
-            "synthesis": {k: d for k, (_, d) in synthesis.items()}})
+            "synthesis": {k: d for k, (_, d) in synthesis.items()},
+            "extra": {k: d for k, (_, d) in (extra or {}).items()}})
         swap_in(tmp.dir, files.dir)
     finally:
         shutil.rmtree(tmp.dir, ignore_errors=True)

@@ -99,9 +99,30 @@ class SynthesisSettings(Settings):
     des: SynthesisKindSettings | None = None
 
 
+class CollaborationSettings(Settings):
+    """GSCo-format instructions in the corpus (off in the paper, whose GSCo is training-free): per training / val
+    diagnosis sample, the Fig. A4 prompt with the specialists' predictions on that sample as MoED and the labels of
+    its nearest *other* training cases as RAD, answered with the true label."""
+    enabled: StrictBool = False
+    arms: list[Literal["MedDr", "MedDr+MoED", "MedDr+RAD", "GSCo"]] = Field(default_factory=lambda: ["GSCo"],
+                                                                           min_length=1)
+    rad_k: PositiveInt = 5
+    paraphrase: int = Field(0, ge=0, le=3)
+    # which diagnosis sets give rows: "corpus" = those whose CLS rows are in the corpus; "specialists" = every set a
+    # specialist trained on (their train/val splits; the out-of-domain sets then are not out-of-domain for MedDr)
+    datasets: Literal["corpus", "specialists"] = "corpus"
+
+
 class CorpusSettings(Settings):
     rows_per_shard: PositiveInt = 50_000
     export_internvl: bool = False             # also write InternVL's fine-tuning format (images/, jsonl, meta.json)
+    # CLS rows' instruction: "paper" = Fig. A3's CLS template; "evaluation" = the Fig. A4 diagnosis prompt without
+    # references, i.e. the form the MedDr arm is asked in at evaluation
+    cls_prompt: Literal["paper", "evaluation"] = "paper"
+    # in-domain benchmark sets with no training card of their own (ChestMNIST: its source ChestX-ray14 is the
+    # training set) give their train/val splits as CLS rows, standing in for the source set a profile lacks
+    in_domain_train: StrictBool = False
+    collaboration: CollaborationSettings = CollaborationSettings()
 
 
 class FinetuneRecipe(Settings):

@@ -21,15 +21,16 @@ from pathlib import Path
 import polars as pl
 
 from data_contracts.cards import get_card
-from data_contracts.files import file_sha256, write_json_atomic
-from data_contracts.io import read_samples, split_digests
+from data_contracts.files import atomic_write, file_sha256, write_json_atomic
+from data_contracts.io import digest_of_hashes, read_samples, row_hashes, split_digests
 from data_contracts.layout import RunLayout
 from infra.profiles import repo_path
 from tasks import prompts
 from tasks.cache import recorded_key, stage_key
+from tasks.generalist.collaboration import collaboration_rows
 from tasks.generalist.corpus import SampleSource, assemble_corpus, export_internvl
 from tasks.generalist.synthesis import synthesize
-from tasks.generalist.settings import (CorpusSettings, FinetuneSettings, GeneralistSettings,
+from tasks.generalist.settings import (CollaborationSettings, CorpusSettings, FinetuneSettings, GeneralistSettings,
                                        SynthesisKindSettings)
 
 BASE_NAME, ADAPTER_NAME, MERGED_NAME = "generalist-base", "meddr-adapter", "meddr-merged"
@@ -154,12 +155,14 @@ def record_synthesis(results: list[dict], base_model_id: str | None, generalist_
 
 
 # ---------------------------------------------------------------------------------------------------------- corpus
-def corpus_sources(tables_root: Path, datasets: list[str]) -> list[SampleSource]:
-    """Train and val splits of every training dataset with a corpus template (diagnosis, VQA, report)."""
+def corpus_sources(tables_root: Path, datasets: list[str], in_domain_train: bool = False) -> list[SampleSource]:
+    """Train and val splits of every training dataset with a corpus template (diagnosis, VQA, report); with
+    `in_domain_train`, also of the in-domain diagnosis benchmark sets (standing in for their source training set)."""
     out = []
     for ds in datasets:
         card = get_card(ds)
-        if "training" not in card.roles or card.task_kind not in ("diagnosis", "vqa", "report"):
+        stand_in = in_domain_train and card.task_kind == "diagnosis" and card.domain == "in-domain"
+        if ("training" not in card.roles and not stand_in) or card.task_kind not in ("diagnosis", "vqa", "report"):
             continue
         digests = split_digests(tables_root, ds)
         for split in ("train", "val"):
@@ -168,11 +171,59 @@ def corpus_sources(tables_root: Path, datasets: list[str]) -> list[SampleSource]
     return out
 
 
-def build_corpus(layout: RunLayout, datasets: list[str], synth: list[dict], settings: CorpusSettings) -> dict:
-    """Assemble (or serve from cache) the instruction corpus from the tables and the synthesis outputs."""
-    sources = corpus_sources(layout.tables, datasets)
+def specialist_sources(tables_root: Path, datasets: list[str]) -> list[SampleSource]:
+    """Train and val splits of the diagnosis sets the specialists trained on (collaboration rows' datasets)."""
+    out = []
+    for ds in datasets:
+        digests = split_digests(tables_root, ds)
+        out += [SampleSource(Path(tables_root), ds, s, "diagnosis", digests[s]) for s in ("train", "val") if s in digests]
+    return out
+
+
+def collaboration_table(layout: RunLayout, sources: list[SampleSource], settings: CollaborationSettings,
+                        jobs: dict[str, dict[str, dict]], retriever_jobs: dict[str, dict]) -> dict:
+    """The collaboration instruction rows of every diagnosis source split, written once per content digest; returns
+    {"collaboration": (path, digest)} for assemble_corpus's `extra`."""
+    from tasks.evaluation.arms import specialist_predictions
+    from tasks.rad.stage import rad_references
+
+    frames = []
+    for s in (s for s in sources if s.task_kind == "diagnosis"):
+        by_arch, retriever = jobs.get(s.dataset, {}), retriever_jobs.get(s.dataset)
+        if not by_arch or retriever is None:
+            raise ValueError(f"corpus.collaboration: {s.dataset} has no finished specialist jobs and RAD table to "
+                             "draw references from (the specialists stage runs first when the option is on)")
+        card = get_card(s.dataset)
+        preds = [specialist_predictions(Path(j["predictions"][s.split]), card) for j in by_arch.values()]
+        samples = read_samples(layout.tables, s.dataset, s.split, validate=False)
+        moed = {sid: [lab for p in preds for lab in p[sid]] for sid in samples["sample_id"].to_list()}
+        rad = rad_references(retriever, layout, settings.rad_k, s.split)
+        frames.append(collaboration_rows(samples, moed, rad, settings.arms, settings.paraphrase))
+    if not frames:
+        return {}
+    df = pl.concat(frames)
+    digest = digest_of_hashes(row_hashes(df, df.columns), "instructions")
+    path = layout.collaboration
+    if not (path.exists() and recorded_key(layout.collaboration_key) == digest):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, df.write_parquet)
+        write_json_atomic(layout.collaboration_key, {"key": digest})
+    return {"collaboration": (path, digest)}
+
+
+def build_corpus(layout: RunLayout, datasets: list[str], synth: list[dict], settings: CorpusSettings,
+                 jobs: dict[str, dict[str, dict]] | None = None, retriever_jobs: dict[str, dict] | None = None) -> dict:
+    """Assemble (or serve from cache) the instruction corpus from the tables and the synthesis outputs (and, with
+    corpus.collaboration on, GSCo-format rows from the specialists' `jobs` and `retriever_jobs`)."""
+    sources = corpus_sources(layout.tables, datasets, settings.in_domain_train)
     synth_dirs = {r["kind"]: (Path(r["path"]), r["digest"]) for r in synth if r["status"] != "empty"}
-    res = assemble_corpus(sources, synth_dirs, layout.corpus, rows_per_shard=settings.rows_per_shard)
+    extra = {}
+    if settings.collaboration.enabled:
+        collab = sources if settings.collaboration.datasets == "corpus" else \
+            specialist_sources(layout.tables, list(jobs or {}))
+        extra = collaboration_table(layout, collab, settings.collaboration, jobs or {}, retriever_jobs or {})
+    res = assemble_corpus(sources, synth_dirs, layout.corpus, rows_per_shard=settings.rows_per_shard,
+                          cls_prompt=settings.cls_prompt, extra=extra)
     out = {**res.to_dict(), "sources": [[s.dataset, s.split, s.digest] for s in sources],
            "synthesis": {k: {"digest": d, "path": str(p)} for k, (p, d) in synth_dirs.items()}}
     if settings.export_internvl:

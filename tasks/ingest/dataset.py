@@ -5,7 +5,12 @@
 
 Cache key (tasks/cache.py) = the raw files' content digest, the card, the policy and the code of the format's loader
 and the samples contract. A dataset whose manifest already carries the key is not read or rewritten ("cached"); a
-changed raw file, card or loader recomputes that dataset only.
+changed raw file, card or loader recomputes that dataset only. The raw files include the split files a card names
+(split.files), so a split file that appears (R2Gen's IU-Xray annotation.json) re-ingests the dataset.
+
+What the loaders warn about (a 28-px MedMNIST file read where the paper uses 224 px; a random split where the
+standard split file is missing) is logged and kept in `IngestResult.warnings` and in `_dataset.json` under
+meta.warnings, also when the result is served from cache.
 """
 from __future__ import annotations
 
@@ -25,13 +30,15 @@ from data_contracts.samples import SAMPLES_SCHEMA, find_problems
 from tasks.cache import stage_key
 from tasks.ingest import loaders
 from tasks.ingest.loaders import Reject
+from tasks.ingest.loaders.common import collect_warnings, warn
 
 Policy = Literal["fail", "quarantine"]
 CHUNK_ROWS = 1000
 # the loader modules each raw format runs (besides the loaders package itself and its `common`)
 _L = "tasks.ingest.loaders."
 FORMAT_MODULES = {"medmnist_npz": [_L + "medmnist"], "image_folder": [_L + "image_folder"],
-                  "csv_images": [_L + "tables", _L + "dicom"], "report_table": [_L + "tables", _L + "dicom"],
+                  "csv_images": [_L + "tables", _L + "dicom"],
+                  "report_table": [_L + "tables", _L + "dicom", _L + "split_files"],
                   "case_studies": [_L + "tables", _L + "dicom"],
                   "slake_json": [_L + "tables", _L + "vqa", _L + "dicom"],
                   "vqa_rad_json": [_L + "tables", _L + "vqa", _L + "dicom"],
@@ -50,6 +57,7 @@ class IngestResult:
     splits: dict[str, dict] = field(default_factory=dict)   # split -> {rows, digest, path}
     rejects: int = 0
     source: str = ""
+    warnings: list[str] = field(default_factory=list)   # loader warnings (also in _dataset.json meta.warnings)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,6 +104,9 @@ def raw_files(card: DataCard, data_root: Path) -> list[Path]:
                 found.update(q for q in p.rglob("*") if q.is_file())
             elif p.is_file():
                 found.add(p)
+    if card.raw.files:   # split files decide the rows' splits, and the card may not list them (optional ones)
+        for pattern in card.raw.split.files.values():
+            found.update(p for p in d.glob(pattern) if p.is_file())
     return sorted(found)
 
 
@@ -131,12 +142,14 @@ def ingest_dataset(card: DataCard, data_root: Path, tables_root: Path, policy: P
     source = str(loaders.dataset_dir(card, data_root).resolve())
     manifest = read_manifest(tables_root, card.name)
     if not force and manifest and manifest.get("meta", {}).get("cache_key") == key:
+        for message in manifest["meta"].get("warnings", []):
+            warn(message)   # a cached dataset still reads as what it is
         return _result(card, "cached", key, rd, manifest, tables_root, source)
 
     rejects: list[dict] = []
     buffers: dict[str, list[dict]] = {}
     meta = {"cache_key": key, "raw_digest": rd, "source": source, "policy": policy}
-    with DatasetWriter(tables_root, card.name, meta=meta) as w:
+    with DatasetWriter(tables_root, card.name, meta=meta) as w, collect_warnings() as warnings:
         def flush(split: str) -> None:
             rows = buffers.pop(split, [])
             if not rows:
@@ -168,6 +181,7 @@ def ingest_dataset(card: DataCard, data_root: Path, tables_root: Path, policy: P
         if not w._state:
             raise ContractError(f"{card.name}: no valid rows under {source}")
         w.meta["rejects"] = len(rejects)
+        w.meta["warnings"] = list(warnings)
         w.write_rejects(rejects)
     if memo:
         memo.save()
@@ -184,5 +198,6 @@ def _result(card, status, key, rd, manifest, tables_root, source, rejects=None) 
     splits = {s: {"rows": e["rows"], "digest": e["digest"], "path": str(Path(tables_root) / card.name / s)}
               for s, e in manifest["splits"].items()}
     n_rej = rejects if rejects is not None else int(manifest.get("meta", {}).get("rejects", 0))
-    return IngestResult(card.name, status, key, rd, splits, n_rej, source)
+    warnings = list(manifest.get("meta", {}).get("warnings", []))
+    return IngestResult(card.name, status, key, rd, splits, n_rej, source, warnings)
 

@@ -1,4 +1,6 @@
-"""Check a user's local copy of a dataset against its data card: missing files, row counts, bad rows.
+"""Check a user's local copy of a dataset against its data card: missing files, row counts, bad rows, and how the
+copy compares with what the paper used (which MedMNIST file is read and the paper's 224 px; whether a standard split
+file such as R2Gen's IU-Xray annotation.json is there and what happens without it).
 
     gsco datasets validate ham10000 /data/raw
 """
@@ -12,7 +14,8 @@ from data_contracts.cards import DataCard
 from data_contracts.errors import ContractError
 from data_contracts.samples import find_problems
 from tasks.ingest import loaders
-from tasks.ingest.loaders import Reject
+from tasks.ingest.loaders import LoadContext, Reject, medmnist, split_files
+from tasks.ingest.loaders.common import collect_warnings
 
 
 @dataclass
@@ -24,6 +27,8 @@ class ValidationReport:
     rows: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     paper: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)      # what ingest will read / do, against what the paper used
+    warnings: list[str] = field(default_factory=list)   # what the loader warned about while reading the copy
 
     @property
     def ok(self) -> bool:
@@ -34,6 +39,9 @@ class ValidationReport:
         out = [f"{self.dataset}: local copy under {self.root}"]
         for m in self.missing:
             out.append(f"  MISSING  {m}")
+        out += [f"  NOTE     {n}" for n in self.notes]
+        # a warning that only repeats a note (same text after "<dataset>: ") is not shown twice
+        out += [f"  WARNING  {w}" for w in self.warnings if not any(w.split(": ", 1)[-1] in n for n in self.notes)]
         if self.fatal:
             out.append(f"  ERROR    {self.fatal}")
         for s in ("train", "val", "test"):
@@ -61,23 +69,38 @@ def validate_local_copy(card: DataCard, path: Path) -> ValidationReport:
                                   "val": card.paper_sizes.val})
     d = loaders.dataset_dir(card, root)
     rep.missing = [f"{d}/{p} (raw.files)" for p in card.raw.files if not any(d.glob(p))]
+    rep.notes = expectations(card, root)
     if not d.is_dir():
         return rep
     rows = []
     try:
-        for item in loaders.iter_dataset(card, root):
-            if isinstance(item, Reject):
-                rep.problems.append(item.reason)
-            else:
-                rep.rows[item["split"]] += 1
-                rows.append(item)
-                if len(rows) >= 2000:
-                    rep.problems += _check(rows)
-                    rows = []
-        rep.problems += _check(rows)
+        with collect_warnings(log_them=False) as rep.warnings:   # the report shows them
+            for item in loaders.iter_dataset(card, root):
+                if isinstance(item, Reject):
+                    rep.problems.append(item.reason)
+                else:
+                    rep.rows[item["split"]] += 1
+                    rows.append(item)
+                    if len(rows) >= 2000:
+                        rep.problems += _check(rows)
+                        rows = []
+            rep.problems += _check(rows)
     except ContractError as e:
         rep.fatal = str(e)
     return rep
+
+
+def expectations(card: DataCard, root: Path) -> list[str]:
+    """What ingest will make of the copy where it can differ from the paper: the MedMNIST file (size) it reads, and
+    the split file it follows or the fallback it takes without one."""
+    root = Path(root).resolve()
+    ctx = LoadContext(card=card, data_root=root, dataset_dir=loaders.dataset_dir(card, root))
+    notes = []
+    if card.raw.format == "medmnist_npz":
+        notes.append(medmnist.describe(ctx))
+    if card.raw.split.file_content == "json_ids":
+        notes.append(split_files.describe_split(ctx))
+    return notes
 
 
 def _check(rows: list[dict]) -> list[str]:

@@ -1,6 +1,6 @@
 """The profile's `rad` section: which specialists' embeddings key the RAD tables, and how they are indexed.
 
-    rad: {retrievers: [resnet18], ann_min_rows: 50000, index_params: {}}
+    rad: {retriever: best-validation, ann_min_rows: 50000, index_params: {}}
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ def _ann_min_rows(v: int) -> int:
 
 
 class RadSettings(Settings):
-    retrievers: list[str] = Field(default_factory=list)   # specialists whose embeddings key the tables ([]: no RAD)
+    # the specialist whose embeddings key a dataset's table: "best-validation" (per dataset, the best validation
+    # headline metric: tasks/rad/retriever.py), one architecture for every dataset, or null (no RAD)
+    retriever: str | None = "best-validation"
     ann_min_rows: Annotated[int, AfterValidator(_ann_min_rows)] = 50_000   # below: exact (flat) search
     index_params: Annotated[dict[str, Any], AfterValidator(_index_params)] = Field(default_factory=dict)

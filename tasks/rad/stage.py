@@ -43,14 +43,23 @@ def build_rad_index(job: dict, layout: RunLayout, settings: RadSettings) -> dict
 
 
 def rad_references(job: dict, layout: RunLayout, k: int, split: str = "test") -> dict[str, list[str]]:
-    """Sample id -> label names of its k nearest training cases (nearest first, one entry per case's label)."""
+    """Sample id -> label names of its k nearest training cases (nearest first, one entry per case's label).
+
+    A training-split query never retrieves itself: the table holds the training split, so the k nearest *other*
+    cases are returned (what a collaboration corpus shows for a training sample)."""
     ids, emb = _embeddings(job, split)
-    hits = search(layout.lancedb, table_name(job["dataset"], job["arch"]), emb.astype(np.float32), k)
-    return {sid: [lab for n in nb for lab in n.labels] for sid, nb in zip(ids, hits)}
+    extra = 1 if split == "train" else 0
+    hits = search(layout.lancedb, table_name(job["dataset"], job["arch"]), emb.astype(np.float32), k + extra)
+    out = {}
+    for sid, nb in zip(ids, hits):
+        others = [n for n in nb if n.sample_id != sid][:k]
+        out[sid] = [lab for n in others for lab in n.labels]
+    return out
 
 
-def record_indexes(infos: list[dict], tracking) -> str:
-    """One MLflow run recording every index table: digest, version, tag, recall@k against exact search."""
+def record_indexes(infos: list[dict], tracking, choices: dict[str, dict] | None = None) -> str:
+    """One MLflow run recording every index table (digest, version, tag, recall@k against exact search) and, per
+    dataset, which retriever keys it and the validation scores it was chosen on."""
     import mlflow
 
     from tasks.lineage import log_model_input
@@ -67,5 +76,10 @@ def record_indexes(infos: list[dict], tracking) -> str:
             log_table(f"index/{info['dataset']}/{info['retriever']}", info["content_digest"][:32],
                       Path(info["uri"]), context="output",
                       tags={"gsco.lancedb.version": str(info["version"]), "gsco.lancedb.tag": info["tag"][:250]})
+        for dataset, choice in (choices or {}).items():
+            log_params({f"{dataset}.retriever": choice["arch"], f"{dataset}.retriever_rule": choice["rule"]})
+            for arch, score in choice["scores"].items():
+                mlflow.log_metric(f"{dataset}.retriever_val.{arch}", score)
         mlflow.log_dict(infos, "indexes.json")
+        mlflow.log_dict(choices or {}, "retrievers.json")
         return run.info.run_id

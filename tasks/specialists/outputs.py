@@ -84,27 +84,76 @@ def decisions(task_type: str, probs: np.ndarray, threshold: float = 0.5) -> np.n
     return (probs >= threshold).astype(np.int64) if task_type == "multilabel" else probs.argmax(1)
 
 
-def classification_metrics(task_type: str, targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
-    """accuracy (exact match for multi-label), macro-/micro-F1, and macro AUC (None where a class is absent)."""
-    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+def _auc_undefined(task_type: str, targets: np.ndarray, probs: np.ndarray, names: list[str]) -> str | None:
+    """Why ROC AUC is undefined on these targets (a class with no positive or no negative), or None."""
+    if not np.isfinite(probs).all():
+        return "undefined: non-finite probabilities"
+    if task_type == "multilabel":
+        t = targets.reshape(len(targets), -1).astype(bool)
+        no_pos = [names[j] for j in np.flatnonzero(~t.any(0))]
+        no_neg = [names[j] for j in np.flatnonzero(t.all(0))]
+    else:
+        counts = np.bincount(targets.astype(np.int64), minlength=probs.shape[1])
+        no_pos = [names[j] for j in np.flatnonzero(counts == 0)]
+        no_neg = [names[j] for j in np.flatnonzero(counts == len(targets))] if task_type == "binary" else []
+    why = []
+    if no_pos:
+        why.append(f"class {', '.join(map(repr, no_pos))} absent from the targets")
+    if no_neg:
+        why.append(f"class {', '.join(map(repr, no_neg))} present in every target")
+    return "undefined: " + "; ".join(why) if why else None
 
-    pred = decisions(task_type, probs, threshold)
-    labels = None if task_type == "multilabel" else list(range(probs.shape[1]))
-    out = {
-        "accuracy": float(accuracy_score(targets, pred)),
-        "macro_f1": float(f1_score(targets, pred, average="macro", labels=labels, zero_division=0)),
-        "micro_f1": float(f1_score(targets, pred, average="micro", labels=labels, zero_division=0)),
-    }
-    try:
-        if task_type == "binary":
-            out["auc"] = float(roc_auc_score(targets, probs[:, 1]))
-        elif task_type == "multiclass":
-            out["auc"] = float(roc_auc_score(targets, probs, multi_class="ovr", average="macro", labels=labels))
-        else:
-            out["auc"] = float(roc_auc_score(targets, probs, average="macro"))
-    except ValueError:  # a class absent from the targets: AUC is undefined, so it is reported as missing, not 0
-        out["auc"] = None
-    return out
+
+def classification_metrics_and_notes(task_type: str, targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5,
+                                     label_names: list[str] | None = None) -> tuple[dict, dict[str, str]]:
+    """({accuracy, macro_f1, micro_f1, auc}, {metric: why it is None}): no value is ever NaN.
+
+    accuracy is exact match for multi-label (torchmetrics MultilabelExactMatch), micro accuracy otherwise; F1 is
+    torchmetrics' Multilabel/MulticlassF1Score, the one convention of SPEC §8 (binary tasks as two classes).
+    AUC (scikit-learn; one-vs-rest macro for multiclass, macro over labels for multi-label) is None with a note when
+    a class has no positive (or, binary / multi-label, no negative) in `targets`, where it is undefined.
+    """
+    from sklearn.metrics import roc_auc_score
+    from torchmetrics.functional.classification import (multiclass_accuracy, multiclass_f1_score,
+                                                        multilabel_exact_match, multilabel_f1_score)
+    if len(targets) == 0:
+        raise ValueError("classification_metrics: no samples to score")
+    n_classes = probs.shape[1]
+    names = list(label_names) if label_names is not None else [str(j) for j in range(n_classes)]
+    pred = torch.from_numpy(np.asarray(decisions(task_type, probs, threshold), dtype=np.int64))
+    target = torch.from_numpy(np.asarray(targets).astype(np.int64))
+    if task_type == "multilabel":
+        kw = {"num_labels": n_classes}
+        out = {"accuracy": multilabel_exact_match(pred, target, **kw),
+               "macro_f1": multilabel_f1_score(pred, target, average="macro", **kw),
+               "micro_f1": multilabel_f1_score(pred, target, average="micro", **kw)}
+    else:
+        kw = {"num_classes": n_classes}
+        out = {"accuracy": multiclass_accuracy(pred, target, average="micro", **kw),
+               "macro_f1": multiclass_f1_score(pred, target, average="macro", **kw),
+               "micro_f1": multiclass_f1_score(pred, target, average="micro", **kw)}
+    out = {k: float(v) for k, v in out.items()}
+    notes = {}
+    why = _auc_undefined(task_type, np.asarray(targets), probs, names)
+    if why is not None:
+        out["auc"], notes["auc"] = None, why
+    elif task_type == "binary":
+        out["auc"] = float(roc_auc_score(targets, probs[:, 1]))
+    elif task_type == "multiclass":
+        out["auc"] = float(roc_auc_score(targets, probs, multi_class="ovr", average="macro",
+                                         labels=list(range(n_classes))))
+    else:
+        out["auc"] = float(roc_auc_score(targets, probs, average="macro"))
+    for k, v in out.items():    # a metric left undefined by a library is recorded as missing with why, never NaN
+        if v is not None and not np.isfinite(v):
+            out[k], notes[k] = None, f"undefined: {k} is {v} on these targets"
+    return out, notes
+
+
+def classification_metrics(task_type: str, targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5,
+                           label_names: list[str] | None = None) -> dict:
+    """accuracy, macro-/micro-F1 and macro AUC (None where undefined; the reason: classification_metrics_and_notes)."""
+    return classification_metrics_and_notes(task_type, targets, probs, threshold, label_names)[0]
 
 
 def save_checkpoint(model: nn.Module, path: Path, card: Mapping[str, Any]) -> None:
@@ -123,17 +172,19 @@ def read_card(checkpoint: Path) -> dict:
     return json.loads(meta["gsco.card"])
 
 
-def write_predictions(path: Path, data: SpecialistData, probs: np.ndarray, threshold: float) -> None:
-    """test_predictions.jsonl: per test sample its predicted and true label names and the probabilities."""
+def write_predictions(path: Path, data: SpecialistData, probs: np.ndarray, threshold: float,
+                      split: str = "test") -> None:
+    """<split> predictions (jsonl): per sample its predicted and true label names and the probabilities."""
     pred = decisions(data.task_type, probs, threshold)
     names = data.label_names
+    rows = getattr(data, split)
     lines = []
-    for i, sid in enumerate(data.test.ids):
+    for i, sid in enumerate(rows.ids):
         if data.task_type == "multilabel":
             p_names = [names[j] for j in np.flatnonzero(pred[i])]
-            t_names = [names[j] for j in np.flatnonzero(data.test.targets[i])]
+            t_names = [names[j] for j in np.flatnonzero(rows.targets[i])]
         else:
-            p_names, t_names = [names[int(pred[i])]], [names[int(data.test.targets[i])]]
+            p_names, t_names = [names[int(pred[i])]], [names[int(rows.targets[i])]]
         lines.append(json.dumps({"sample_id": sid, "predicted": p_names, "target": t_names,
                                  "probabilities": [round(float(p), 6) for p in probs[i]]}))
     write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())

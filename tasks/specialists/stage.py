@@ -180,5 +180,6 @@ def job_summary(result: dict, logged: dict) -> dict:
             "fingerprint": result["fingerprint"], "run_id": logged["run_id"], "model_id": logged["model_id"],
             "metrics": result["metrics"], "init": result["init"], "out_dir": result["out_dir"],
             "test_predictions": str(files.test_predictions),
+            "predictions": {s: str(files.predictions(s)) for s in SPLITS},
             "embeddings": {s: str(files.embeddings(s)) for s in SPLITS}, "ids": {s: str(files.ids(s)) for s in SPLITS}}
 

@@ -40,13 +40,16 @@ from tasks.cache import stage_key
 from tasks.specialists.architectures import ArchSpec, arch_recipe
 from tasks.specialists.data import EpochSampler, ImageDataset, SpecialistData, make_datasets, make_loader
 from tasks.specialists.models import build_model, create_model, forward_embed, input_stats, weights_file
-from tasks.specialists.outputs import (JobResult, classification_metrics, load_result, probabilities, read_card,
-                                       save_checkpoint, write_npy, write_predictions)
+from tasks.specialists.complexity import model_complexity
+from tasks.specialists.outputs import (JobResult, classification_metrics, classification_metrics_and_notes,
+                                       load_result, probabilities, read_card, save_checkpoint, write_npy,
+                                       write_predictions)
 from tasks.specialists.settings import Recipe
 
 # what a job runs: a change to any of these modules changes every job's fingerprint
 SPECIALIST_CODE = ("tasks.specialists.architectures", "tasks.specialists.models", "tasks.specialists.data",
-                   "tasks.specialists.training", "tasks.specialists.outputs", "tasks.specialists.settings")
+                   "tasks.specialists.training", "tasks.specialists.outputs", "tasks.specialists.settings",
+                   "tasks.specialists.complexity")
 
 
 class Runtime:
@@ -307,11 +310,15 @@ def _write_outputs(fit: _Fit, files: JobFiles) -> tuple[dict, dict[str, dict]]:
         write_npy(files.embeddings(s), emb)
         write_json_atomic(files.ids(s), split.ids, indent=1)
         artifacts[f"emb_{s}"], artifacts[f"ids_{s}"] = str(files.embeddings(s)), str(files.ids(s))
+        probs = probabilities(fit.data.task_type, logits)
+        if s != "test":  # what a collaboration corpus shows the generalist as MoED on its training rows
+            write_predictions(files.predictions(s), fit.data, probs, fit.recipe.threshold, split=s)
+            artifacts[f"predictions_{s}"] = str(files.predictions(s))
         if s == "train":
             continue
-        probs = probabilities(fit.data.task_type, logits)
-        split_metrics[s] = {"loss": _loss_value(fit.data.task_type, logits, split.targets),
-                            **classification_metrics(fit.data.task_type, split.targets, probs, fit.recipe.threshold)}
+        m, notes = classification_metrics_and_notes(fit.data.task_type, split.targets, probs, fit.recipe.threshold,
+                                                    fit.data.label_names)
+        split_metrics[s] = {"loss": _loss_value(fit.data.task_type, logits, split.targets), **m, "notes": notes}
         if s == "test":
             write_npy(files.probs_test, probs.astype(np.float32))
             write_predictions(files.test_predictions, fit.data, probs, fit.recipe.threshold)
@@ -324,12 +331,15 @@ def _write_outputs(fit: _Fit, files: JobFiles) -> tuple[dict, dict[str, dict]]:
 def _result(fit: _Fit, files: JobFiles, init, img_size: int, fingerprint: str) -> JobResult:
     """The job's JobResult (MLflow params, metrics, history, artifacts); writes metrics.json and done.json."""
     artifacts, split_metrics = _write_outputs(fit, files)
-    metrics = {f"{s}_{k}": v for s, m in split_metrics.items() for k, v in m.items() if v is not None}
+    # numbers only (an undefined AUC is None, its reason in the split's "notes" of metrics.json)
+    metrics = {f"{s}_{k}": v for s, m in split_metrics.items() for k, v in m.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
     metrics.update(best_val_loss=fit.best_val, best_epoch=float(fit.best_epoch), epochs_run=float(len(fit.history)),
                    train_s=fit.train_s, decode_s=fit.decode_s)
     step_s = sum(h["train_s"] for h in fit.history)
     if step_s > 0:  # data loading + steps, excluding validation
         metrics["train_images_per_s"] = sum(h["train_images"] for h in fit.history) / step_s
+    metrics.update(model_complexity(fit.model, img_size))   # params_m, gmacs (Table A12)
     data, arch, rt = fit.data, fit.arch, fit.rt
     write_json_atomic(files.metrics, {"metrics": metrics, "splits": split_metrics, "label_names": data.label_names,
                                       "task_type": data.task_type}, indent=1)

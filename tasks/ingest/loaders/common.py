@@ -1,8 +1,16 @@
-"""Shared pieces of the raw-format loaders: safe paths, image encoding, split assignment, row building."""
+"""Shared pieces of the raw-format loaders: safe paths, image encoding, split assignment, row building, warnings.
+
+    with collect_warnings() as found:          # what loaders warn about while the block runs (also logged)
+        rows = list(iter_dataset(card, data_root))
+"""
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import io
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +23,31 @@ from data_contracts.samples import IMAGE_FORMATS, image_info
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 _GLOB_CHARS = set("*?[")
+log = logging.getLogger("gsco.ingest")
+# loaders are generators run by iter_dataset's caller, so a context variable reaches them without a new argument
+_COLLECTOR: contextvars.ContextVar[tuple[list[str], bool] | None] = contextvars.ContextVar("gsco_ingest_warnings",
+                                                                                          default=None)
+
+
+@contextmanager
+def collect_warnings(log_them: bool = True) -> Iterator[list[str]]:
+    """The warnings `warn` gives while the block runs, in order and without repeats (logged unless log_them=False,
+    for callers that show them themselves)."""
+    found: list[str] = []
+    token = _COLLECTOR.set((found, log_them))
+    try:
+        yield found
+    finally:
+        _COLLECTOR.reset(token)
+
+
+def warn(message: str) -> None:
+    """Warn about a dataset's raw copy (usable, but not what the paper used): logged, and collected when collecting."""
+    active = _COLLECTOR.get()
+    if active is None or active[1]:
+        log.warning(message)
+    if active is not None and message not in active[0]:
+        active[0].append(message)
 
 
 class RowError(DataError):
@@ -132,13 +165,14 @@ def map_label(ctx: LoadContext, raw: str, where: str, row=None, field=None) -> s
 def make_row(ctx: LoadContext, *, sample_id: str, split: str, image: tuple[bytes, str, int, int], source_path: str,
              labels: list[str] | None = None, question: str | None = None, answer: str | None = None,
              answer_type: str | None = None, text: str | None = None, task_type: str | None = None,
-             label_set: list[str] | None = None) -> dict:
-    """One samples row with the card's dataset-level fields filled in (label_set: the row's own options, if any)."""
+             label_set: list[str] | None = None, modality: str | None = None) -> dict:
+    """One samples row with the card's dataset-level fields filled in (label_set: the row's own options, modality:
+    the row's own modality, if any)."""
     card = ctx.card
     data, fmt, w, h = image
     return {
         "sample_id": f"{card.name}:{sample_id}", "dataset": card.name, "split": split,
-        "task_kind": card.task_kind, "task_type": task_type or card.task_type, "modality": card.modality,
+        "task_kind": card.task_kind, "task_type": task_type or card.task_type, "modality": modality or card.modality,
         "image": data, "image_format": fmt, "image_width": w, "image_height": h,
         "labels": labels or [], "label_set": list(card.labels if label_set is None else label_set),
         "question": question, "answer": answer,

@@ -1,26 +1,69 @@
-"""MedMNIST `{flag}.npz` / `{flag}_{size}.npz`: keys {train,val,test}_{images,labels}, images (N,s,s[,3]) uint8."""
+"""MedMNIST `{flag}.npz` / `{flag}_{size}.npz`: keys {train,val,test}_{images,labels}, images (N,s,s[,3]) uint8.
+
+    path = find_npz(ctx)       # {flag}_224.npz (MedMNIST+) first, then _128, _64, then the 28-px raw.npz_file
+
+The paper trains and tests at 224 px; reading a smaller file works (images are upsampled later) but is warned about.
+"""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
 from data_contracts.errors import DataError
-from tasks.ingest.loaders.common import LoadContext, Reject, RowError, encode_array, make_row
+from tasks.ingest.loaders.common import LoadContext, Reject, RowError, encode_array, make_row, warn
 
 SPLIT_KEYS = {"train": "train", "val": "val", "test": "test"}
+PAPER_PX = 224
+PLAIN_PX = 28                 # the side of the images in MedMNIST's unsuffixed `{flag}.npz`
+LARGER_SIZES = (224, 128, 64)
 
 
-def find_npz(ctx: LoadContext):
-    """The npz file for the card: raw.npz_file, else the largest-size `{flag}_{size}.npz` present."""
+def npz_candidates(ctx: LoadContext) -> list[tuple[str, int]]:
+    """(file name, image side its name promises), in the order they are preferred: largest first."""
     raw = ctx.card.raw
-    if raw.npz_file and (ctx.dataset_dir / raw.npz_file).is_file():
-        return ctx.dataset_dir / raw.npz_file
-    for size in (224, 128, 64):
-        p = ctx.dataset_dir / f"{raw.flag}_{size}.npz"
-        if p.is_file():
-            return p
-    raise DataError(str(ctx.dataset_dir / (raw.npz_file or f"{raw.flag}.npz")), "a MedMNIST npz file")
+    names = [(f"{raw.flag}_{s}.npz", s) for s in LARGER_SIZES] if raw.flag else []
+    plain = raw.npz_file or (f"{raw.flag}.npz" if raw.flag else None)
+    if plain and plain not in {n for n, _ in names}:
+        names.append((plain, PLAIN_PX))
+    return names
+
+
+def paper_file(ctx: LoadContext) -> str:
+    """The file the paper's 224-px images come in."""
+    raw = ctx.card.raw
+    return f"{raw.flag}_{PAPER_PX}.npz" if raw.flag else f"the {PAPER_PX}-px MedMNIST+ file of {raw.npz_file}"
+
+
+def find_npz(ctx: LoadContext) -> Path:
+    """The npz file the loader reads: the largest size present (224 px, the paper's, before 128, 64 and 28)."""
+    for name, _ in npz_candidates(ctx):
+        if (ctx.dataset_dir / name).is_file():
+            return ctx.dataset_dir / name
+    names = ", ".join(n for n, _ in npz_candidates(ctx))
+    raise DataError(str(ctx.dataset_dir), f"one of the MedMNIST files {names}")
+
+
+def size_warning(ctx: LoadContext, name: str, side: int) -> str | None:
+    """The warning for reading `name` with `side`-px images, None at the paper's size."""
+    if side >= PAPER_PX:
+        return None
+    return (f"{ctx.card.name}: read {name} ({side} px); the paper trains and tests at {PAPER_PX} px: place "
+            f"{paper_file(ctx)} (MedMNIST+) in {ctx.dataset_dir}")
+
+
+def describe(ctx: LoadContext) -> str:
+    """One line for `gsco datasets validate`: which file ingest reads and how it compares with the paper's."""
+    present = [(n, s) for n, s in npz_candidates(ctx) if (ctx.dataset_dir / n).is_file()]
+    if not present:
+        return (f"MedMNIST file: none of {', '.join(n for n, _ in npz_candidates(ctx))} in {ctx.dataset_dir}; the "
+                f"paper trains and tests at {PAPER_PX} px ({paper_file(ctx)}, MedMNIST+)")
+    name, side = present[0]   # the side its name promises; the loader warns again if the images are smaller
+    message = size_warning(ctx, name, side)
+    if message is None:
+        return f"MedMNIST file: read {name} ({side} px, MedMNIST+), the size the paper trains and tests at"
+    return "MedMNIST file: " + message.split(": ", 1)[1]
 
 
 def load(ctx: LoadContext) -> Iterator[dict | Reject]:
@@ -50,6 +93,9 @@ def load(ctx: LoadContext) -> Iterator[dict | Reject]:
             raise DataError(rel, f"labels of shape ({imgs.shape[0]}, {n_label_cols}), got {labels.shape}",
                             field=f"{split}_labels")
         arrays[f"{split}_labels"] = labels
+    message = size_warning(ctx, path.name, int(arrays["test_images"].shape[1]))
+    if message:
+        warn(message)
     for split in SPLIT_KEYS:
         imgs, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         for i in range(imgs.shape[0]):

@@ -18,8 +18,9 @@ import polars as pl
 
 from data_contracts.errors import DataError
 from tasks.ingest.loaders.common import LoadContext, Reject, RowError, carve_val, make_row, map_label, nonempty, \
-    random_split, require_columns, safe_path, split_sources
+    random_split, require_columns, safe_path, split_sources, warn
 from tasks.ingest.loaders.dicom import encode_image
+from tasks.ingest.loaders.split_files import fallback_note, json_id_splits, split_file_present
 
 TRUE = {"1", "1.0", "true", "yes", "y", "t"}
 YES_NO = {"yes", "no"}
@@ -241,7 +242,17 @@ def _vqa_row(ctx: LoadContext, rec: dict, i: int, rel: str, split: str, image: t
     sid = sample_id or f"{split}:{rec.get(raw.id_column, i)}"
     return make_row(ctx, sample_id=sid, split=split, image=image, source_path=f"{rel}#row={i}",
                     question=str(q).strip(), answer=a, answer_type=atype, task_type=ttype,
-                    text=_text(rec, raw.text_columns) or None, label_set=options)
+                    text=_text(rec, raw.text_columns) or None, label_set=options, modality=_modality(rec, raw, rel, i))
+
+
+def _modality(rec: dict, raw, rel: str, i: int) -> str | None:
+    """The row's own modality (raw.modality_column) or None (the card's)."""
+    if not raw.modality_column:
+        return None
+    value = rec.get(raw.modality_column)
+    if not nonempty(value):
+        raise RowError(rel, "a non-empty modality", row=i, field=raw.modality_column)
+    return str(value).strip()
 
 
 # --- csv_images ---------------------------------------------------------------------------------------------------
@@ -402,11 +413,19 @@ def _text(rec: dict, columns: list[str]) -> str:
 
 
 def load_report_table(ctx: LoadContext) -> Iterator[dict | Reject]:
-    """Report rows (IU-Xray style): a report CSV joined to a projections CSV that names the image file."""
+    """Report rows (IU-Xray style): a report CSV joined to a projections CSV that names the image file; the split
+    comes from a JSON split file (R2Gen annotation.json), else the split.fallback / random / column split."""
     raw = ctx.card.raw
     path, rows = read_table(ctx, raw.table)
     rel = ctx.rel(path)
     require_columns(path, rows[0].keys() if rows else [], [raw.id_column, *raw.text_columns])
+    listed: dict[str, str] | None = None   # id -> split from the split file
+    fallback = raw.split.source == "file" and raw.split.fallback == "random" and not split_file_present(ctx)
+    if fallback:
+        warn(fallback_note(ctx))
+    elif raw.split.source == "file":
+        listed, rejects = json_id_splits(ctx, {str(r.get(raw.id_column)) for _, r in _filtered(rows, raw.filters)})
+        yield from rejects
     images: dict[str, dict] = {}
     if raw.join_table:
         jpath, jrows = read_table(ctx, raw.join_table)
@@ -414,8 +433,10 @@ def load_report_table(ctx: LoadContext) -> Iterator[dict | Reject]:
         for _, j in _filtered(jrows, raw.join_filters):
             images.setdefault(str(j[raw.join_on]), j)
     for i, rec in _filtered(rows, raw.filters):
+        sid = str(rec.get(raw.id_column))
+        if listed is not None and sid not in listed:   # not in the split file: not part of the standard splits
+            continue
         try:
-            sid = str(rec.get(raw.id_column))
             text = _text(rec, raw.text_columns)
             if not text:
                 raise RowError(rel, f"report text in {raw.text_columns}", row=i, field=raw.text_columns[0])
@@ -424,8 +445,13 @@ def load_report_table(ctx: LoadContext) -> Iterator[dict | Reject]:
                 raise RowError(rel, f"a matching row in {raw.join_table} with {raw.join_filters}", row=i,
                                field=raw.join_on)
             image, _ = _image(ctx, img_rec, rel, i)
-            yield make_row(ctx, sample_id=sid, split=_split_of(ctx, rec, sid, rel, i), image=image,
-                           source_path=f"{rel}#row={i}", text=text)
+            if listed is not None:
+                split = carve_val(raw.split, listed[sid], sid)
+            elif fallback:
+                split = carve_val(raw.split, random_split(raw.split, sid), sid)
+            else:
+                split = _split_of(ctx, rec, sid, rel, i)
+            yield make_row(ctx, sample_id=sid, split=split, image=image, source_path=f"{rel}#row={i}", text=text)
         except RowError as e:
             yield Reject(rel, str(i), e.field, str(e))
 
