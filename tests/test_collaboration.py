@@ -59,3 +59,14 @@ def test_collaboration_rows_refuse_test_samples_and_missing_references(tiny_tabl
     train = read_samples(tiny_tables, "ham10000", "train").head(1)
     with pytest.raises(ValueError, match="needs RAD references"):
         collaboration_rows(train, {train["sample_id"][0]: ["Melanoma"]}, {}, ["MedDr+RAD"])
+
+
+def test_rotate_gives_every_sample_the_plain_prompt_and_one_reference_arm_in_turn(tiny_tables):
+    train = read_samples(tiny_tables, "ham10000", "train").head(4)
+    ids = train["sample_id"].to_list()
+    refs = {s: ["Melanoma"] for s in ids}
+    df = collaboration_rows(train, refs, refs, ["MedDr", "MedDr+MoED", "MedDr+RAD", "GSCo"], per_sample="rotate")
+    arms = [sid.split(":")[1] for sid in df["sample_id"].to_list()]
+    assert arms == ["MedDr", "MedDr+MoED", "MedDr", "MedDr+RAD", "MedDr", "GSCo", "MedDr", "MedDr+MoED"]
+    plain = df.filter(pl.col("sample_id") == f"collaboration:MedDr:{ids[0]}")["instruction"][0]
+    assert "reference answers" not in plain and "most similar cases" not in plain

@@ -275,6 +275,7 @@ def test_omnimedvqa_multiple_choice_options_and_filter(tmp_path):
     assert r0["question"] == "What is the diagnosis in ACRIMA_0000?" and round(_grey(r2)) == 110
     assert {(r["split"], r["task_type"], r["answer_type"]) for r in rows.values()} == \
         {("test", "multiple-choice", "multiple-choice")}
+    assert r0["modality"] == "Fundus Photography"    # each question's own modality_type (Fig. 3(b) groups by it)
     reasons = {(rj.source_path, rj.row, rj.field): rj.reason for rj in rejects}
     assert set(reasons) == {("omnimedvqa/QA_information/Restricted-access/R.json", "0", "gt_answer"),
                             ("omnimedvqa/QA_information/Restricted-access/R.json", "1", "option_B")}

@@ -44,6 +44,8 @@ def _corpus(profile) -> list[str]:
                    f"from train/val samples' specialist predictions and their {c.collaboration.rad_k} nearest other "
                    "training cases, answered with the true label) are added; the paper's GSCo is training-free. "
                    "A small model learns to use references only when shown them.")
+        if c.collaboration.per_sample == "rotate":
+            out.append("Corpus: each sample gives the plain prompt and one of the reference arms in turn.")
         if c.collaboration.datasets == "specialists":
             out.append("Corpus: collaboration instructions come from every set a specialist trained on, the "
                        "out-of-domain ones included: those sets are then not out-of-domain for the tiny MedDr.")

@@ -24,18 +24,29 @@ ARM_REFERENCES = {"MedDr": (False, False), "MedDr+MoED": (True, False), "MedDr+R
                   "GSCo": (True, True)}
 
 
+def sample_arms(arms: Sequence[str], index: int, per_sample: str) -> list[str]:
+    """The arms the `index`-th sample gets rows for: all of them, or "MedDr" (if listed) + one reference arm in turn."""
+    if per_sample == "all":
+        return list(arms)
+    if per_sample != "rotate":
+        raise ValueError(f"per_sample: expected 'all' or 'rotate', got {per_sample!r}")
+    plain = [a for a in arms if a == "MedDr"]
+    refs = [a for a in arms if a != "MedDr"]
+    return plain + ([refs[index % len(refs)]] if refs else [])
+
+
 def collaboration_rows(samples: pl.DataFrame, moed: Mapping[str, Sequence[str]], rad: Mapping[str, Sequence[str]],
-                       arms: Sequence[str], paraphrase: int = 0) -> pl.DataFrame:
+                       arms: Sequence[str], paraphrase: int = 0, per_sample: str = "all") -> pl.DataFrame:
     """One instruction row per (sample, arm): the arm's Fig. A4 prompt with the sample's references, answered with
     its true labels. `samples`: train/val diagnosis rows (sample_id, dataset, split, image, modality, label_set,
     labels, task_type); `moed` / `rad`: sample id -> reference label names (every sample must have both it needs)."""
     rows = []
-    for r in samples.iter_rows(named=True):
+    for index, r in enumerate(samples.iter_rows(named=True)):
         if r["split"] not in ("train", "val"):
             raise ValueError(f"{r['sample_id']}: collaboration rows come from train/val samples only, got "
                              f"split {r['split']!r}")
         sid = r["sample_id"]
-        for arm in arms:
+        for arm in sample_arms(arms, index, per_sample):
             if arm not in ARM_REFERENCES:
                 raise ValueError(f"collaboration arm {arm!r}: expected one of {list(ARM_REFERENCES)}")
             use_moed, use_rad = ARM_REFERENCES[arm]

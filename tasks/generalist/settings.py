@@ -111,6 +111,9 @@ class CollaborationSettings(Settings):
     # which diagnosis sets give rows: "corpus" = those whose CLS rows are in the corpus; "specialists" = every set a
     # specialist trained on (their train/val splits; the out-of-domain sets then are not out-of-domain for MedDr)
     datasets: Literal["corpus", "specialists"] = "corpus"
+    # "all": one row per (sample, arm); "rotate": the plain "MedDr" arm (when listed) for every sample and one of the
+    # reference arms in turn, so that the corpus is not mostly reference-copying rows
+    per_sample: Literal["all", "rotate"] = "all"
 
 
 class CorpusSettings(Settings):

@@ -198,7 +198,7 @@ def collaboration_table(layout: RunLayout, sources: list[SampleSource], settings
         samples = read_samples(layout.tables, s.dataset, s.split, validate=False)
         moed = {sid: [lab for p in preds for lab in p[sid]] for sid in samples["sample_id"].to_list()}
         rad = rad_references(retriever, layout, settings.rad_k, s.split)
-        frames.append(collaboration_rows(samples, moed, rad, settings.arms, settings.paraphrase))
+        frames.append(collaboration_rows(samples, moed, rad, settings.arms, settings.paraphrase, settings.per_sample))
     if not frames:
         return {}
     df = pl.concat(frames)
