@@ -5,8 +5,10 @@ a benchmark test split, and MedDr's answers on VQA and report sets.
 
 Arms on diagnosis sets: MedDr alone, MedDr+MoED (the specialists' predicted label names), MedDr+RAD (labels of the
 top-k retrieved training cases), GSCo (both) with the Fig. A4 prompt; Voting over the specialists; every specialist
-alone. VQA and report sets are answered by MedDr alone. Predictions are kept per sample (data_contracts/predictions.py),
-so every number can be recomputed from the predictions table without running a model.
+alone. VQA and report sets are answered by MedDr alone; a multiple-choice set (OmniMedVQA) shows the lettered options
+and maps the answer to one by letter or text. Table A9's variants are tasks/evaluation/variants.py. Predictions are
+kept per sample (data_contracts/predictions.py), so every number can be recomputed from the predictions table without
+running a model.
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""The profile's `evaluation` section: which datasets and arms, RAD's k, decoding, bootstrap.
+"""The profile's `evaluation` section: which datasets and arms, RAD's k, decoding per task type, bootstrap, the
+Table A7 datasets and the local weights of the model-based report metrics.
 
     evaluation: {datasets: null, arms: [MedDr, MedDr+MoED, MedDr+RAD, GSCo], rad_k: 5, bootstrap: 1000}
+    arms: [..., MedDr+RAD(MedDr-encoder), RAD-Voting]      # Table A9's variants, when a profile wants them
 """
 from __future__ import annotations
 
