@@ -20,7 +20,7 @@ PREDICTIONS_SCHEMA = pa.schema([
     pa.field("parse_failed", pa.bool_(), nullable=False),
     pa.field("answer_type", pa.string(), nullable=True),      # vqa: open / closed
     pa.field("prompt", pa.string(), nullable=True),
-    pa.field("group", pa.string(), nullable=True),            # a per-sample subgroup scored apart (OmniMedVQA: modality)
+    pa.field("group", pa.string(), nullable=True),            # a subgroup scored apart (OmniMedVQA: modality)
 ], metadata={"gsco.contract": "predictions", "gsco.schema_version": "2"})
 
 

@@ -40,9 +40,9 @@ def evaluation(out_dir: str, datasets: list[str], model: dict, generalist: Gener
                lineage_inputs: dict, tracking: Tracking, context: dict | None = None) -> dict:
     """Predictions per dataset (sequential: generation holds the device), then metrics, report and MLflow run.
 
-    `model`: the merged MedDr {"path", "digest"}; `jobs`: dataset -> arch -> specialist job summary; `retriever`:
-    dataset -> the job whose RAD table is searched (chosen on validation; absent: no RAD arms there); `context`: what the report
-    says beside the metrics (tasks/evaluation/stage.report_context)."""
+    `model`: the merged MedDr {"path", "digest"}; `jobs`: dataset -> arch -> specialist job summary;
+    `retriever_jobs`: dataset -> the job whose RAD table is searched (chosen on validation; absent: no RAD arms
+    there); `context`: what the report says beside the metrics (tasks/evaluation/stage.report_context)."""
     preds = [evaluate_dataset(ds, out_dir, model, generalist, settings, jobs.get(ds, {}),
                               retriever_jobs.get(ds)) for ds in datasets]
     result = score(preds, out_dir, settings, context or {})

@@ -16,6 +16,8 @@ dataset.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -51,16 +53,16 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------------- counts
-class CountMetric:
+class CountMetric(ABC):
     """A metric that is a function of per-sample statistics summed over samples (so resamples are weighted sums)."""
 
+    @abstractmethod
     def stats(self, *arrays) -> np.ndarray:
         """Per-sample statistics, shape (N, K)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def from_totals(self, totals: np.ndarray) -> np.ndarray:
         """The metric from summed statistics, shape (..., K) -> (...)."""
-        raise NotImplementedError
 
     def __call__(self, *arrays) -> float:
         """The metric on all samples."""

@@ -4,8 +4,9 @@
 
 A model "above chance" must beat both ways of answering without looking: always giving the best single answer (the
 majority class for accuracy; for multi-label sets, the best single label; naming every label is a parse failure, not
-an answer), and guessing uniformly at random (each label with probability 1/2 on multi-label sets) (the mean over seeded draws). Both are scored with the report's own metric
-functions (tasks/evaluation/bootstrap.py), so the comparison uses one convention.
+an answer), and guessing uniformly at random (each label with probability 1/2 on multi-label sets; the mean over
+seeded draws). Both are scored with the report's own metric functions (tasks/evaluation/bootstrap.py), so the
+comparison uses one convention.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ digests (base, adapter, merged), and return what later stages need (model ids, d
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -176,19 +177,33 @@ def specialist_sources(tables_root: Path, datasets: list[str]) -> list[SampleSou
     out = []
     for ds in datasets:
         digests = split_digests(tables_root, ds)
-        out += [SampleSource(Path(tables_root), ds, s, "diagnosis", digests[s]) for s in ("train", "val") if s in digests]
+        out += [SampleSource(Path(tables_root), ds, s, "diagnosis", digests[s])
+                for s in ("train", "val") if s in digests]
     return out
 
 
-def collaboration_table(layout: RunLayout, sources: list[SampleSource], settings: CollaborationSettings,
-                        jobs: dict[str, dict[str, dict]], retriever_jobs: dict[str, dict]) -> dict:
-    """The collaboration instruction rows of every diagnosis source split, written once per content digest; returns
-    {"collaboration": (path, digest)} for assemble_corpus's `extra`."""
+COLLABORATION_CODE = ("tasks.generalist.collaboration", "tasks.prompts", "tasks.rad.stage", "tasks.rad.index",
+                      "tasks.evaluation.arms", "data_contracts.instructions")
+
+
+def collaboration_key(sources: list[SampleSource], settings: CollaborationSettings, jobs: dict[str, dict[str, dict]],
+                      retriever_jobs: dict[str, dict]) -> str:
+    """Cache key of the collaboration rows: the source splits, the specialists and retrievers they read, the
+    settings and the code that renders them."""
+    datasets = sorted({s.dataset for s in sources})
+    inputs = {"splits": {f"{s.dataset}/{s.split}": s.digest for s in sources},
+              "specialists": {d: {a: j["fingerprint"] for a, j in jobs.get(d, {}).items()} for d in datasets},
+              "retrievers": {d: retriever_jobs[d]["fingerprint"] for d in datasets if d in retriever_jobs}}
+    return stage_key("collaboration", inputs, settings, COLLABORATION_CODE)
+
+
+def _collaboration_frames(layout: RunLayout, sources: list[SampleSource], settings: CollaborationSettings,
+                          jobs: dict[str, dict[str, dict]], retriever_jobs: dict[str, dict]) -> list[pl.DataFrame]:
     from tasks.evaluation.arms import specialist_predictions
     from tasks.rad.stage import rad_references
 
     frames = []
-    for s in (s for s in sources if s.task_kind == "diagnosis"):
+    for s in sources:
         by_arch, retriever = jobs.get(s.dataset, {}), retriever_jobs.get(s.dataset)
         if not by_arch or retriever is None:
             raise ValueError(f"corpus.collaboration: {s.dataset} has no finished specialist jobs and RAD table to "
@@ -199,15 +214,25 @@ def collaboration_table(layout: RunLayout, sources: list[SampleSource], settings
         moed = {sid: [lab for p in preds for lab in p[sid]] for sid in samples["sample_id"].to_list()}
         rad = rad_references(retriever, layout, settings.rad_k, s.split)
         frames.append(collaboration_rows(samples, moed, rad, settings.arms, settings.paraphrase, settings.per_sample))
-    if not frames:
+    return frames
+
+
+def collaboration_table(layout: RunLayout, sources: list[SampleSource], settings: CollaborationSettings,
+                        jobs: dict[str, dict[str, dict]], retriever_jobs: dict[str, dict]) -> dict:
+    """The collaboration instruction rows of every diagnosis source split, rebuilt only when an input changed;
+    returns {"collaboration": (path, digest)} for assemble_corpus's `extra`."""
+    sources = [s for s in sources if s.task_kind == "diagnosis"]
+    if not sources:
         return {}
-    df = pl.concat(frames)
+    key = collaboration_key(sources, settings, jobs, retriever_jobs)
+    path, marker = layout.collaboration, layout.collaboration_key
+    if path.exists() and recorded_key(marker) == key:
+        return {"collaboration": (path, json.loads(marker.read_text())["digest"])}
+    df = pl.concat(_collaboration_frames(layout, sources, settings, jobs, retriever_jobs))
     digest = digest_of_hashes(row_hashes(df, df.columns), "instructions")
-    path = layout.collaboration
-    if not (path.exists() and recorded_key(layout.collaboration_key) == digest):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, df.write_parquet)
-        write_json_atomic(layout.collaboration_key, {"key": digest})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, df.write_parquet)
+    write_json_atomic(marker, {"key": key, "digest": digest})
     return {"collaboration": (path, digest)}
 
 

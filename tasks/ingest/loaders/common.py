@@ -90,31 +90,29 @@ def encode_file(path: Path, where: str, row=None, field=None) -> tuple[bytes, st
     """The image file's bytes (PNG/JPEG kept as they are, other formats re-encoded as PNG) with format and size."""
     if not path.is_file():
         raise RowError(where, f"an existing image file, {path} is missing", row=row, field=field)
-    data = path.read_bytes()
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            fmt = im.format
-            im.load()
-            if fmt not in IMAGE_FORMATS:
-                return encode_array(np.asarray(im.convert("RGB" if im.mode not in ("L", "I;16") else "L")))
+        return _kept_or_png(path.read_bytes())
     except Exception as e:
         raise RowError(where, f"a decodable image file, {path} is not ({type(e).__name__}: {e})", row=row,
                        field=field) from None
-    fmt, w, h = image_info(data)
-    return data, fmt, w, h
 
 
 def encode_bytes(data: bytes, where: str, row=None, field=None) -> tuple[bytes, str, int, int]:
     """Encoded image bytes from a table cell (PNG/JPEG kept as they are, other formats re-encoded as PNG)."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            fmt = im.format
-            im.load()
-            if fmt not in IMAGE_FORMATS:
-                return encode_array(np.asarray(im.convert("RGB" if im.mode not in ("L", "I;16") else "L")))
-        fmt, w, h = image_info(data)
+        return _kept_or_png(data)
     except Exception as e:
         raise RowError(where, f"image bytes that decode ({type(e).__name__}: {e})", row=row, field=field) from None
+
+
+def _kept_or_png(data: bytes) -> tuple[bytes, str, int, int]:
+    """(bytes, format, width, height): PNG/JPEG as they are, any other decodable format re-encoded as PNG."""
+    with Image.open(io.BytesIO(data)) as im:
+        fmt = im.format
+        im.load()
+        if fmt not in IMAGE_FORMATS:
+            return encode_array(np.asarray(im.convert("RGB" if im.mode not in ("L", "I;16") else "L")))
+    fmt, w, h = image_info(data)
     return data, fmt, w, h
 
 
