@@ -18,12 +18,15 @@ from mlflow.entities import LoggedModelInput, LoggedModelOutput
 from tasks.tracking import ensure_experiment
 
 
-def log_model_dir(name: str, local_dir: Path, digest: str, model_type: str, params: dict | None = None) -> str:
-    """Log a model folder as a LoggedModel output of the active run (artifacts + digest tag); returns the model id."""
+def log_model_dir(name: str, local_dir: Path, digest: str, model_type: str, params: dict | None = None,
+                  tags: dict | None = None) -> str:
+    """Log a model folder as a LoggedModel output of the active run (artifacts + digest tag, a hash of its weights);
+    returns the model id."""
     run = mlflow.active_run()
     client = MlflowClient()
     m = mlflow.initialize_logged_model(name=name, source_run_id=run.info.run_id, model_type=model_type,
-                                       tags={"gsco.digest": digest}, params={k: str(v) for k, v in (params or {}).items()})
+                                       tags={**(tags or {}), "gsco.digest": digest},
+                                       params={k: str(v) for k, v in (params or {}).items()})
     client.log_model_artifacts(m.model_id, str(local_dir))
     mlflow.finalize_logged_model(m.model_id, "READY")
     mlflow.log_outputs([LoggedModelOutput(m.model_id, step=0)])

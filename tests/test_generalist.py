@@ -79,6 +79,19 @@ def test_tiny_build_is_deterministic(tiny_model, tiny_config, tmp_path):
         TinyInternVLConfig.model_validate({**tiny_config.model_dump(), "patch_size": 5})
 
 
+def test_tiny_output_head_has_its_own_init_std(tiny_model, tiny_config):
+    """The tiny profile's narrow init (attention that does not saturate at random positions) with a wide output
+    head (logits a LoRA update can move): each at its configured std."""
+    from safetensors.torch import load_file
+
+    assert tiny_config.output_initializer_range is not None
+    w = load_file(str(tiny_model / "model.safetensors"))
+    head = w["lm_head.weight"]
+    q = next(v for k, v in w.items() if "language_model" in k and k.endswith("q_proj.weight"))
+    assert float(head.std()) == pytest.approx(tiny_config.output_initializer_range, rel=0.05)
+    assert float(q.std()) == pytest.approx(tiny_config.initializer_range, rel=0.1)
+
+
 def test_reload_and_batched_generation_is_deterministic(generalist, tiny_model):
     assert generalist.id.startswith("transformers:") and len(generalist.id.split("@")[1]) == 16
     assert generalist.model.config.model_type == "internvl"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 import numpy as np
 import pytest
@@ -386,3 +387,56 @@ def test_classification_metrics_binary_one_class_and_defined_auc():
     m = classification_metrics("binary", targets, probs)     # the old signature still works
     assert m["auc"] == pytest.approx(roc_auc_score(targets, probs[:, 1])) and m["auc"] == 1.0
     assert set(m) == {"accuracy", "macro_f1", "micro_f1", "auc"}
+
+
+def test_jobs_on_parallel_threads_train_bit_identical_to_solo_runs(tmp_path):
+    """In-process jobs share torch's global RNG: nothing a job does may draw from it outside its seeded weight
+    initialisation, or a job's weights depend on what ran beside it (issue: two tiny runs, different weights)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = _data(seed=3, sizes=(40, 16, 8))
+    recipe = _recipe(max_epochs=3, patience=10)
+    names = ["resnet18", "vgg16", "alexnet", "densenet121", "vit_b16", "efficientnet_b4"]
+    solo = {n: train_specialist(data, tiny_arch(n), recipe, tmp_path / "solo" / n) for n in names}
+    with ThreadPoolExecutor(2) as pool:
+        side = dict(zip(names, pool.map(lambda n: train_specialist(data, tiny_arch(n), recipe, tmp_path / "par" / n),
+                                        names)))
+    for n in names:
+        a = safetensors.torch.load_file(str(tmp_path / "solo" / n / "best.safetensors"))
+        b = safetensors.torch.load_file(str(tmp_path / "par" / n / "best.safetensors"))
+        assert a.keys() == b.keys()
+        differing = [k for k in a if not torch.equal(a[k], b[k])]
+        assert not differing, f"{n}: {len(differing)} tensors differ, e.g. {differing[0]}"
+        timing = ("train_s", "decode_s", "train_images_per_s")
+        assert {k: v for k, v in side[n].metrics.items() if k not in timing} == \
+            {k: v for k, v in solo[n].metrics.items() if k not in timing}
+
+
+def test_job_killed_while_still_improving_resumes_instead_of_starting_over(tmp_path, kill_at_validation):
+    """The resume state (last.pt) is written on a timer, the best checkpoint at every improving epoch: a kill after an
+    improving epoch finds a best checkpoint newer than the state. The job must resume from the state (replaying the
+    epochs in between) and end bit-identical to an uninterrupted run, not train from epoch 0."""
+    import shutil
+
+    data = _data(seed=1, sizes=(48, 24, 12))
+    arch, recipe = tiny_arch("resnet18"), _recipe(max_epochs=5, patience=10, resume_every_s=0.0, lr=3e-4)
+    ref = train_specialist(data, arch, recipe, tmp_path / "ref")
+    best, new_bests = math.inf, []
+    for h in ref.history:
+        if h["val_loss"] < best:
+            best, new_bests = h["val_loss"], new_bests + [h["epoch"]]
+    assert {2, 3} <= set(new_bests), ref.history  # the scenario needs new bests at epochs 2 and 3
+
+    job = tmp_path / "job"
+    kill_at_validation(4, data, arch, recipe, job)      # dies validating epoch 3: last.pt holds epoch 2
+    shutil.copyfile(job / "last.pt", tmp_path / "state-epoch2.pt")
+    kill_at_validation(2, data, arch, recipe, job)      # resumes, finishes epoch 3 (a new best), dies in epoch 4
+    assert read_card(job / "best.safetensors")["epoch"] == 3
+    shutil.copyfile(tmp_path / "state-epoch2.pt", job / "last.pt")   # the timer had not fired since epoch 2
+
+    res = train_specialist(data, arch, recipe, job)
+    assert res.status == "resumed" and len(res.history) == 5 and res.best_epoch == ref.best_epoch
+    assert [h["val_loss"] for h in res.history] == [h["val_loss"] for h in ref.history]
+    a = safetensors.torch.load_file(str(job / "best.safetensors"))
+    b = safetensors.torch.load_file(str(tmp_path / "ref" / "best.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in b)

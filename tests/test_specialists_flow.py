@@ -74,3 +74,19 @@ def test_killed_fanout_reruns_only_unfinished_jobs(tiny_tables, tmp_path):
     run = client.get_run(job["run_id"])
     names = {d.dataset.name for d in run.inputs.dataset_inputs}
     assert {f"{job['dataset']}/train", f"{job['dataset']}/test"} <= names
+    # the registered model's digest is a hash of its weights; the job's fingerprint is a tag of its own
+    from safetensors.torch import load_file
+
+    from tasks.specialists.stage import weights_digest
+
+    model = client.get_logged_model(job["model_id"])
+    best = out / "specialists" / job["dataset"] / job["arch"] / "best.safetensors"
+    assert model.tags["gsco.digest"] == weights_digest(best)
+    assert model.tags["gsco.specialist.fingerprint"] == job["fingerprint"]
+    assert weights_digest(best) != job["fingerprint"][:32]
+    w = load_file(str(best))
+    k = sorted(w)[0]
+    w[k] = w[k] + 1
+    from safetensors.torch import save_file
+    save_file(w, str(tmp_path / "changed.safetensors"))
+    assert weights_digest(tmp_path / "changed.safetensors") != weights_digest(best)

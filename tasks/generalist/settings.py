@@ -44,9 +44,12 @@ class TinyInternVLConfig(Settings):
     text_intermediate_size: PositiveInt
     max_position_embeddings: PositiveInt
     downsample_ratio: float = Field(gt=0, le=1)
-    # the std of the random init: with a frozen random output head of width 64, the usual 0.02 caps every logit
-    # near 1, so no LoRA update could make any answer likely (fine-tuning would see a loss floor at ~ln(vocab))
+    # the std of the random init (the tiny profile: 0.02; wider attention weights saturate at random positions and
+    # LoRA never learns to look at the image tokens)
     initializer_range: float = Field(gt=0)
+    # the output head's own std (null: initializer_range): at 0.02 a frozen random head of width 64 caps every logit
+    # near 1, so no LoRA update could make any answer likely (fine-tuning would see a loss floor at ~ln(vocab))
+    output_initializer_range: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _grid(self) -> "TinyInternVLConfig":

@@ -67,6 +67,9 @@ def build_tiny_internvl(out_dir: str | Path, corpus_texts: list[str], config: Ti
                                   downsample_ratio=cfg["downsample_ratio"], tie_word_embeddings=False)
     torch.manual_seed(cfg["seed"])
     model = InternVLForConditionalGeneration(model_config).eval()
+    if cfg.get("output_initializer_range") is not None:
+        with torch.no_grad():
+            model.lm_head.weight.normal_(0.0, cfg["output_initializer_range"])
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
     out = Path(out_dir)

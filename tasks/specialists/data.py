@@ -233,7 +233,8 @@ def _pass_through(batch):
 def decode_all(ds: ImageDataset, num_workers: int = 0, batch_size: int = 256) -> torch.Tensor:
     """The whole split decoded into one uint8 tensor (N, C, S, S), C = 1 when every image is grayscale."""
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_images, multiprocessing_context=_mp_context(num_workers))
+                        collate_fn=collate_images, multiprocessing_context=_mp_context(num_workers),
+                        generator=_private_generator())
     parts = [x for x, _ in loader]
     if any(p.shape[1] == 3 for p in parts):
         parts = [p.expand(-1, 3, -1, -1) for p in parts]
@@ -296,4 +297,12 @@ def make_loader(ds: Dataset, batch_size: int, sampler=None, num_workers: int = 0
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
                       collate_fn=_pass_through if cached else collate_images, pin_memory=pin,
                       drop_last=drop_last, persistent_workers=workers > 0,
-                      prefetch_factor=4 if workers > 0 else None, multiprocessing_context=_mp_context(workers))
+                      prefetch_factor=4 if workers > 0 else None, multiprocessing_context=_mp_context(workers),
+                      generator=_private_generator())
+
+
+def _private_generator() -> torch.Generator:
+    """A loader's own RNG. Without one, every `iter(loader)` draws its workers' base seed from torch's global RNG,
+    which jobs on parallel threads share: one job's draw then shifts another's weight initialisation (and the
+    workers' seeds would depend on what else ran in the process)."""
+    return torch.Generator().manual_seed(0)

@@ -160,11 +160,27 @@ def _log_model(files: JobFiles, registered_name: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(files.best, Path(tmp) / files.best.name)
         (Path(tmp) / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
-        model_id = log_model_dir(registered_name, Path(tmp), card["fingerprint"][:32], "gsco-specialist",
+        model_id = log_model_dir(registered_name, Path(tmp), weights_digest(files.best), "gsco-specialist",
                                  params={"arch": card["arch"]["name"], "num_classes": card["num_classes"],
-                                         "img_size": card["img_size"], "init": card.get("init", "")})
+                                         "img_size": card["img_size"], "init": card.get("init", "")},
+                                 tags={"gsco.specialist.fingerprint": card["fingerprint"]})
     mlflow.register_model(f"models:/{model_id}", registered_name)
     return model_id
+
+
+def weights_digest(checkpoint: Path) -> str:
+    """The model's digest (32 hex): a hash of its tensors (names, dtypes, shapes, values), not of the file (whose
+    metadata holds the job fingerprint) nor of the job's inputs: two runs that trained the same weights agree."""
+    import hashlib
+
+    import safetensors.torch
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(safetensors.torch.load_file(str(checkpoint)).items()):
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
 
 
 def run_and_record(spec: dict, pool: DevicePool, isolation: str, tracking) -> dict:

@@ -143,15 +143,22 @@ def _clear_outputs(files: JobFiles, keep_resume: bool) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _best_checkpoint_matches(path, fingerprint: str, best_epoch: int) -> bool:
-    """Whether `path` holds this job's checkpoint of `best_epoch` (trivially true before any epoch was kept)."""
+def _best_checkpoint_usable(path, fingerprint: str, best_epoch: int) -> bool:
+    """Whether `path` holds this job's best checkpoint of `best_epoch` or of a later epoch (trivially true before any
+    epoch was kept).
+
+    A later one is what a run killed after an improving epoch, but before its next resume state, leaves: the resumed
+    run replays those epochs from the state (same data order, same steps) and writes that checkpoint again, so the
+    state can still be resumed instead of training from epoch 0.
+    """
     if best_epoch < 0:
         return True
     try:
         card = read_card(path)
     except Exception:  # missing, torn or foreign
         return False
-    return card.get("fingerprint") == fingerprint and card.get("epoch") == best_epoch
+    return card.get("fingerprint") == fingerprint and isinstance(card.get("epoch"), int) \
+        and card["epoch"] >= best_epoch
 
 
 def _resume_state(files: JobFiles, fingerprint: str) -> dict | None:
@@ -164,7 +171,7 @@ def _resume_state(files: JobFiles, fingerprint: str) -> dict | None:
         return None
     if state.get("fingerprint") != fingerprint:
         return None
-    if not _best_checkpoint_matches(files.best, fingerprint, state["best_epoch"]):
+    if not _best_checkpoint_usable(files.best, fingerprint, state["best_epoch"]):
         return None  # the best-so-far weights that the state refers to are gone: a resumed run could not return them
     return state
 
