@@ -17,6 +17,7 @@
     <out>/lancedb/                                  RAD tables, one per (dataset, retriever)
     <out>/evaluation/                               predictions/<dataset>.parquet, metrics.parquet, report/
     <out>/benchmark_result.json                     the last run: stage statuses, report path, MLflow parent run
+    <out>/.gsco-run.lock                            held by the run writing the folder (pid, start time, MLflow run)
     <out>/mlflow.db, <out>/mlartifacts/             the local MLflow store (unless tracking.uri points elsewhere)
     <out>/.prefect/                                 the Prefect home of local runs
     <out>/.cache/                                   memos that only save work (raw file hashes)
@@ -268,6 +269,10 @@ class RunLayout:
     @property
     def benchmark_result(self) -> Path:
         return self.root / "benchmark_result.json"
+
+    @property
+    def run_lock(self) -> Path:        # held (flock) by the one run writing this folder; names it
+        return self.root / ".gsco-run.lock"
 
     @property
     def mlflow_db(self) -> Path:

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from data_contracts.files import write_json_atomic
+from data_contracts.files import FolderLock, write_json_atomic
 from data_contracts.layout import RunLayout
 from flows.evaluation import evaluation
 from flows.generalist import base_model, corpus, finetune, synthesis
@@ -95,18 +95,31 @@ def benchmark(profile: str = "tiny", overrides: list[str] | None = None, out_dir
     """Run every stage (each served from cache when its inputs are unchanged); returns where to look.
 
     `stages` limits the run to some stage groups (ingest, generalist, specialists, evaluation) and what they read.
+    One run writes an outputs folder at a time: a second is refused (FolderLockedError, naming the first); the MLflow
+    runs a killed run of the folder left RUNNING are marked KILLED when the next one starts.
     """
     prof = load_profile(profile, overrides or [])
     groups = plan.stage_groups(stages, prof.corpus.collaboration.enabled)
     layout = RunLayout(Path(out_dir or prof.outputs.dir))
     layout.root.mkdir(parents=True, exist_ok=True)
+    with FolderLock(layout.run_lock, "run") as lock:   # one run per outputs folder; a second is refused, named
+        return _benchmark(prof, overrides or [], layout, groups, lock)
+
+
+def _benchmark(prof: Profile, overrides: list[str], layout: RunLayout, groups, lock: FolderLock) -> dict:
     data_root = Path(prof.data.root).resolve() if prof.data.root else layout.data
     if prof.data.tiny_benchmark is not None:
         write_tiny_benchmark(str(data_root), prof.data.tiny_benchmark)
     uri, flow_run_id = tracking_uri(layout, prof.tracking.uri), str(flow_run.id)
+    if lock.previous.get("mlflow_run_id") and lock.previous.get("tracking_uri") == uri:
+        killed = lineage.mark_killed(uri, lock.previous["mlflow_run_id"])
+        if killed:
+            get_run_logger().warning("a killed run of this folder left %d MLflow run(s) RUNNING: marked KILLED (%s)",
+                                     len(killed), ", ".join(killed))
     parent = lineage.start_parent(uri, prof.tracking.experiment, layout.root, "benchmark",
                                   standard_tags(prof.name, "benchmark", flow_run_id),
                                   {"profile": prof.path, "overrides": ",".join(overrides or [])})
+    lock.update(mlflow_run_id=parent, tracking_uri=uri, flow_run_id=flow_run_id)
     tracking = Tracking(uri=uri, experiment=prof.tracking.experiment, out_dir=str(layout.root), profile=prof.name,
                         parent_run_id=parent, flow_run_id=flow_run_id)
     status = "FAILED"

@@ -137,10 +137,21 @@ def run(profile: str = typer.Option("tiny", help="profile name (infra/profiles) 
         console.print(f"[red]error:[/red] {e}", soft_wrap=True)
         raise typer.Exit(2) from None
     out_dir = Path(out or prof.outputs.dir).resolve()
-    _prefect_env(out_dir)
-    from flows.benchmark import benchmark
+    from data_contracts.files import FolderLockedError, folder_lock_holder
+    from data_contracts.layout import RunLayout
 
-    res = benchmark(profile=profile, overrides=set_ or [], out_dir=str(out_dir), stages=stage or None)
+    lock = RunLayout(out_dir).run_lock
+    try:
+        holder = folder_lock_holder(lock)
+        if holder:  # refused before any server starts; the flow takes the lock itself
+            raise FolderLockedError(lock, "run", holder)
+        _prefect_env(out_dir)
+        from flows.benchmark import benchmark
+
+        res = benchmark(profile=profile, overrides=set_ or [], out_dir=str(out_dir), stages=stage or None)
+    except FolderLockedError as e:  # (also when taken between the check and the flow's start)
+        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        raise typer.Exit(2) from None
     t = Table(title="benchmark stages")
     t.add_column("stage")
     t.add_column("status")

@@ -64,6 +64,27 @@ def end_parent(uri: str, run_id: str, status: str = "FINISHED") -> None:
     MlflowClient(tracking_uri=uri).set_terminated(run_id, status=status)
 
 
+def mark_killed(uri: str, parent_run_id: str) -> list[str]:
+    """End a killed benchmark's runs that are still RUNNING (its parent and stage runs) as KILLED; returns their ids.
+
+    A process killed with SIGKILL ends no MLflow run: the next run of its outputs folder, which holds the folder's
+    lock and so knows that process is gone, closes them.
+    """
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        parent = client.get_run(parent_run_id)
+    except Exception:  # a store reset, or another store: nothing of it to close
+        return []
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10_000)
+    ended = []
+    for run in [parent, *children]:
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
+
+
 def _run_summary(client: MlflowClient, run) -> dict:
     inputs = []
     for di in run.inputs.dataset_inputs:
