@@ -78,6 +78,10 @@ class FinetuneFiles:
         return self.dir / "run.json"
 
     @property
+    def run_lock(self) -> Path:        # held by rank 0 of the fine-tuning run writing this folder
+        return self.dir / ".finetune.lock"
+
+    @property
     def launcher_log(self) -> Path:
         return self.dir / "launcher.log"
 

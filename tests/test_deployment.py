@@ -20,6 +20,7 @@ import pytest
 from data_contracts.io import read_manifest
 from data_contracts.layout import RunLayout
 from tasks.lineage import lineage, lineage_digests
+from tasks.specialists.stage import weights_digest
 from tasks.tracking import tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,8 +126,8 @@ def test_deploy_run_cache_and_lineage(server, tmp_path):
     assert digests["corpus"]["corpus"] == json.loads((out / "corpus" / "_corpus.json").read_text())["digest"]
     ft = json.loads((out / "finetune" / "finetune_result.json").read_text())
     assert digests["models"]["meddr-adapter"] == ft["adapter"]["digest"][:32]
-    for job in (out / "specialists").glob("*/*/done.json"):
-        fp = json.loads(job.read_text())["fingerprint"]
-        assert digests["models"][f"specialist-{job.parent.parent.name}-{job.parent.name}"] == fp[:32]
+    for job in (out / "specialists").glob("*/*/done.json"):   # a specialist's digest: a hash of its weights
+        digest = digests["models"][f"specialist-{job.parent.parent.name}-{job.parent.name}"]
+        assert digest == weights_digest(job.parent / "best.safetensors")
     assert digests["index"] and all(len(d) == 32 for d in digests["index"].values())
     shutil.rmtree(out / "mlartifacts", ignore_errors=True)

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -249,3 +250,60 @@ def test_killed_run_resumes_lowers_loss_and_merges(tiny, tmp_path):
     assert torch.allclose(merged_logits, peft_logits, atol=1e-4)
     assert not torch.allclose(merged_logits, base_logits, atol=1e-2)
     shutil.rmtree(out / "checkpoints")
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if text in (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(p.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_killed_run_leaves_no_worker_behind_and_the_rerun_resumes_once(tiny, tmp_path):
+    """kill -9 of the process that launched fine-tuning (a run) takes the launcher and its workers with it, frees the
+    folder, and the rerun resumes from the last checkpoint: every step's loss is logged exactly once."""
+    from data_contracts.files import folder_lock_holder
+
+    out = tmp_path / "run"
+    cfg_path = tmp_path / "run.json"
+    cfg_path.write_text(json.dumps(_config(tiny, out, max_steps=40, save_steps=4).model_dump()))
+    # launched the way the generalist stage launches it: from a thread of the run's process
+    code = ("import subprocess, sys, threading\n"
+            "from pathlib import Path\n"
+            "from tasks.generalist.stage import launch_command\n"
+            "from tasks.processes import dying_with_this_process\n"
+            f"cmd = dying_with_this_process(launch_command('torchrun', 0, Path({str(cfg_path)!r})))\n"
+            "t = threading.Thread(target=subprocess.run, args=(cmd,))\n"
+            "t.start(); t.join()\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    run = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and run.poll() is None:
+        if (out / "loss.jsonl").exists() and len(_curve(out)) >= 9:
+            break
+        time.sleep(0.1)
+    assert run.poll() is None, "fine-tuning ended before it could be killed"
+    assert len(_processes_mentioning(str(cfg_path))) >= 2   # the launcher and its worker
+    run.kill()
+    run.wait()
+    deadline = time.time() + 30
+    while _processes_mentioning(str(cfg_path)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _processes_mentioning(str(cfg_path)), "a fine-tuning process outlived the run that launched it"
+    assert folder_lock_holder(FinetuneFiles(out).run_lock) is None
+    killed_at = len(_curve(out))
+    checkpoint = read_marker(FinetuneFiles(out))["step"]
+    assert 4 <= checkpoint < 40 and killed_at < 40
+
+    done = _launch(FinetuneConfig.model_validate_json(cfg_path.read_text()), tmp_path / "rerun.json")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(FinetuneFiles(out).result.read_text())
+    assert result["resumed_from_step"] == checkpoint
+    assert [r["step"] for r in _curve(out)] == list(range(1, 41))   # each step once: no second writer

@@ -84,3 +84,36 @@ def test_runs_a_killed_run_left_running_are_marked_killed(tmp_path):
     status = {r: client.get_run(r).info.status for r in (parent, child, done, other)}
     assert status == {parent: "KILLED", child: "KILLED", done: "FINISHED", other: "RUNNING"}
     assert lineage.mark_killed(uri, parent) == []   # a run that ended is left as it is
+
+
+def test_a_child_started_dying_with_its_parent_dies_when_the_parent_is_killed(tmp_path):
+    marker = f"gsco-orphan-probe-{os.getpid()}"
+    code = ("import subprocess, sys\n"
+            "from tasks.processes import dying_with_this_process\n"
+            f"subprocess.run(dying_with_this_process([sys.executable, '-c', 'import time; time.sleep(120)', "
+            f"{marker!r}]))\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    def children() -> list[str]:
+        return [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).endswith(marker)]
+
+    deadline = time.time() + 30
+    while not children() and time.time() < deadline:
+        time.sleep(0.05)
+    assert children(), "the child never started"
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 10
+    while children() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not children(), "the child outlived its killed parent"
+    bad = subprocess.run([sys.executable, "-m", "tasks.processes", "sleep", "1"], cwd=REPO, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert bad.returncode != 0 and "usage: python -m tasks.processes --parent PID -- CMD" in bad.stderr
+
+
+def _cmdline(p: Path) -> str:
+    try:
+        return (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""

@@ -297,6 +297,7 @@ def launch_command(launcher: str, num_gpus: int, cfg_path: Path) -> list[str]:
 def run_finetune(base: dict, corpus: dict, settings: FinetuneSettings, layout: RunLayout) -> dict:
     """Launch LoRA fine-tuning unless a finished run has the same key; its result payload for MLflow."""
     from tasks.generalist.finetune.config import FinetuneConfig
+    from tasks.processes import dying_with_this_process
     from tasks.generalist.finetune.training import result_payload
 
     files = layout.finetune
@@ -313,7 +314,10 @@ def run_finetune(base: dict, corpus: dict, settings: FinetuneSettings, layout: R
                          **settings.recipe().model_dump())
     write_json_atomic(files.run_config, cfg.model_dump())
     cmd = launch_command(settings.launcher, settings.num_gpus, files.run_config)
-    proc = subprocess.run(cmd, env={**os.environ, **settings.env}, capture_output=True, text=True)
+    # the launcher dies with this run, its workers with the launcher (recipes/finetune.py): a killed run leaves no
+    # worker training on into the folder its rerun resumes
+    proc = subprocess.run(dying_with_this_process(cmd), env={**os.environ, **settings.env}, capture_output=True,
+                          text=True)
     files.launcher_log.write_text(proc.stdout[-200_000:] + "\n--- stderr ---\n" + proc.stderr[-200_000:])
     if proc.returncode != 0:
         raise RuntimeError(f"fine-tuning failed (exit {proc.returncode}); log: {files.launcher_log}\n"

@@ -104,8 +104,10 @@ def run_on_slot(spec: dict, pool: DevicePool, isolation: str) -> dict:
         env = dict(os.environ)
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(device)
-        proc = subprocess.run([sys.executable, "-m", "recipes.specialist_job", str(files.spec)], env=env,
-                              capture_output=True, text=True)
+        from tasks.processes import dying_with_this_process
+
+        proc = subprocess.run(dying_with_this_process([sys.executable, "-m", "recipes.specialist_job",
+                                                       str(files.spec)]), env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"specialist job {spec['dataset']}/{spec['arch']} failed (exit {proc.returncode}):\n"
                                f"{proc.stderr[-4000:]}")

@@ -196,12 +196,19 @@ def _prepare_outputs(r: _Rank, start_step: int) -> None:
         r.files.checkpoints.mkdir(parents=True, exist_ok=True)
         write_json_atomic(r.files.deepspeed_config, r.ds_config)
         curve = r.files.loss_curve
-        kept = [ln for ln in curve.read_text().splitlines() if ln and json.loads(ln)["step"] <= start_step] \
-            if curve.exists() else []
+        kept = [ln for ln in curve.read_text().splitlines() if _step_of(ln) <= start_step] if curve.exists() else []
         tmp = temporary_sibling(curve)
         tmp.write_text("".join(ln + "\n" for ln in kept))
         os.replace(tmp, curve)  # steps after the last checkpoint are retrained, so their lines go
     dist.barrier()
+
+
+def _step_of(line: str) -> float:
+    """The step of a loss-curve line; a torn line (a process killed while writing it) sorts after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _batch(r: _Rank, idx: list[int], device, dtype) -> dict:
