@@ -25,6 +25,7 @@ from infra.profiles import Profile, load_profile
 from tasks import lineage, plan
 from tasks.evaluation.stage import report_context
 from tasks.ingest.settings import TinyBenchmarkSettings
+from tasks.secrets import redact
 from tasks.tracking import Tracking, standard_tags, tracking_uri
 
 
@@ -118,7 +119,7 @@ def _benchmark(prof: Profile, overrides: list[str], layout: RunLayout, groups, l
                                      len(killed), ", ".join(killed))
     parent = lineage.start_parent(uri, prof.tracking.experiment, layout.root, "benchmark",
                                   standard_tags(prof.name, "benchmark", flow_run_id),
-                                  {"profile": prof.path, "overrides": ",".join(overrides or [])})
+                                  {"profile": prof.path, "overrides": ",".join(redact(o) for o in overrides)})
     lock.update(mlflow_run_id=parent, tracking_uri=uri, flow_run_id=flow_run_id)
     tracking = Tracking(uri=uri, experiment=prof.tracking.experiment, out_dir=str(layout.root), profile=prof.name,
                         parent_run_id=parent, flow_run_id=flow_run_id)

@@ -22,6 +22,7 @@ from tasks.evaluation.settings import EvaluationSettings
 from tasks.generalist.settings import CorpusSettings, FinetuneSettings, GeneralistSettings, SynthesisSettings
 from tasks.ingest.settings import DataSettings
 from tasks.rad.settings import RadSettings
+from tasks.secrets import redact
 from tasks.settings import Settings
 from tasks.specialists.settings import SpecialistsSettings
 
@@ -177,11 +178,14 @@ def load_profile(name_or_path: str | Path, overrides: list[str] | None = None) -
     raw = _raw(path)
     if "path" in raw:
         raise ProfileError(f"{path}: path: unknown key (it is set to the profile's file when loaded)")
-    overridden = {apply_override(raw, o): o for o in overrides or []}
+    try:
+        overridden = {apply_override(raw, o): o for o in overrides or []}
+    except ProfileError as e:
+        raise ProfileError(redact(str(e))) from None
     try:
         return Profile.model_validate({**raw, "path": str(path)})
-    except ValidationError as e:
-        raise ProfileError(f"invalid profile: {_problems(e, path, overridden)}") from None
+    except ValidationError as e:  # values are quoted back: a secret someone typed must not be
+        raise ProfileError(redact(f"invalid profile: {_problems(e, path, overridden)}")) from None
 
 
 def repo_path(p: str | Path) -> Path:

@@ -307,3 +307,20 @@ def test_killed_run_leaves_no_worker_behind_and_the_rerun_resumes_once(tiny, tmp
     result = json.loads(FinetuneFiles(out).result.read_text())
     assert result["resumed_from_step"] == checkpoint
     assert [r["step"] for r in _curve(out)] == list(range(1, 41))   # each step once: no second writer
+
+
+def test_a_checkpoint_file_changed_after_it_was_written_is_not_unpickled(tiny, tmp_path):
+    """DeepSpeed loads its checkpoints with torch.load(weights_only=False): a resume loads only the files whose
+    digests the run's own marker recorded; a changed or added file is refused, named, before anything is loaded."""
+    out = tmp_path / "run"
+    killed = _launch(_config(tiny, out, max_steps=8, stop_after_steps=5), tmp_path / "run1.json")
+    assert killed.returncode != 0
+    marker = read_marker(FinetuneFiles(out))
+    folder = out / "checkpoints" / marker["tag"]
+    assert marker["step"] == 4 and marker["files"] and all(len(v) == 64 for v in marker["files"].values())
+    victim = folder / sorted(marker["files"])[0]
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    refused = _launch(_config(tiny, out, max_steps=8), tmp_path / "run2.json")
+    assert refused.returncode != 0
+    assert f"{victim}: changed since this run wrote it; refusing to unpickle it" in refused.stderr
+    assert not (out / "adapter").exists()

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, NonNegativeInt, PositiveInt, StrictBool, model_validator
 
 from tasks.ingest.settings import DatasetNames
+from tasks.secrets import redact, url_credentials
 from tasks.settings import Settings
 
 
@@ -85,7 +86,10 @@ class GeneralistSettings(Settings):
         if self.backend == "openai" and (not self.base_url or not self.model):
             raise ValueError("generalist: backend openai needs `base_url` and `model`")
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"generalist.base_url: expected an http(s) URL, got {self.base_url!r}")
+            raise ValueError(f"generalist.base_url: expected an http(s) URL, got {redact(self.base_url)!r}")
+        if self.base_url is not None and url_credentials(self.base_url):
+            raise ValueError("generalist.base_url: a password in the URL is not accepted (it would be recorded with "
+                             "the run); put the key in the environment variable named by generalist.api_key_env")
         return self
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from data_contracts.errors import ContractError
-from data_contracts.files import temporary_sibling, write_json_atomic
+from data_contracts.files import file_sha256, temporary_sibling, write_json_atomic
 from data_contracts.layout import FinetuneFiles
 from tasks.generalist.finetune.adapter import check_adapter, gather_trainable_state, merge_adapter, save_adapter
 from tasks.generalist.finetune.config import FinetuneConfig, lora_config, resolve_deepspeed_config
@@ -165,7 +165,8 @@ def _engine(r: _Rank):
 
 
 def read_marker(files: FinetuneFiles) -> dict | None:
-    """The newest complete checkpoint {"tag", "step", "training_digest", "world_size"}, or None."""
+    """The newest complete checkpoint {"tag", "step", "training_digest", "world_size", "files"} (files: sha256 per
+    file of the checkpoint folder), or None."""
     return json.loads(files.latest.read_text()) if files.latest.exists() else None
 
 
@@ -182,6 +183,9 @@ def _resume(r: _Rank, engine) -> int | None:
         # ZeRO partitions and the per-rank batch order both depend on the number of ranks.
         raise RuntimeError(f"{r.files.dir}: checkpoint was written by {marker.get('world_size')} ranks, this run has "
                            f"{r.world}; resume with the same number of ranks")
+    # DeepSpeed unpickles its checkpoint files (torch.load with weights_only=False): only files this run's own
+    # marker vouches for, byte for byte, are loaded
+    _verify_checkpoint(r.files.checkpoints / marker["tag"], marker.get("files"))
     _, client = engine.load_checkpoint(str(r.files.checkpoints), tag=marker["tag"], load_module_strict=False)
     if client is None or client.get("step") != marker["step"]:
         raise RuntimeError(f"{r.files.checkpoints / marker['tag']}: checkpoint does not load as step {marker['step']}")
@@ -261,6 +265,24 @@ def _train_steps(r: _Rank, engine, scheduler, batches: Batches, start_step: int,
     return tokens_total, train_time
 
 
+def _checkpoint_digests(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file of a checkpoint folder (as this rank sees it)."""
+    return {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _verify_checkpoint(folder: Path, recorded: dict[str, str] | None) -> None:
+    """Raise unless every file of `folder` is one the marker recorded, unchanged (files another node wrote and this
+    one cannot see are not required)."""
+    if recorded is None:
+        raise RuntimeError(f"{folder}: the checkpoint marker records no file digests (written by an older version): "
+                           "refusing to unpickle it; delete the checkpoints folder to start over")
+    for rel, sha in _checkpoint_digests(folder).items():
+        if recorded.get(rel) != sha:
+            why = "is not one this run wrote" if rel not in recorded else "changed since this run wrote it"
+            raise RuntimeError(f"{folder / rel}: {why}; refusing to unpickle it (delete the checkpoints folder to "
+                               "start over)")
+
+
 def _save_checkpoint(engine, files: FinetuneFiles, step: int, digest: str, rank: int, keep: int) -> None:
     """Save a DeepSpeed checkpoint tagged by step, then (after every rank finished) move the marker atomically."""
     import torch.distributed as dist
@@ -271,7 +293,8 @@ def _save_checkpoint(engine, files: FinetuneFiles, step: int, digest: str, rank:
     dist.barrier()  # a marker must never point at a checkpoint some rank is still writing
     if rank == 0:
         write_json_atomic(files.latest, {"tag": tag, "step": step, "training_digest": digest,
-                                         "world_size": dist.get_world_size()})
+                                         "world_size": dist.get_world_size(),
+                                         "files": _checkpoint_digests(files.checkpoints / tag)})
         tags = sorted(d.name for d in files.checkpoints.iterdir() if d.is_dir() and d.name.startswith("step-"))
         for t in tags[:-keep] if keep > 0 else []:
             if t != tag:
