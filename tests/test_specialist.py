@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -440,3 +441,17 @@ def test_job_killed_while_still_improving_resumes_instead_of_starting_over(tmp_p
     a = safetensors.torch.load_file(str(job / "best.safetensors"))
     b = safetensors.torch.load_file(str(tmp_path / "ref" / "best.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_a_moved_outputs_folder_keeps_its_finished_jobs(tmp_path):
+    """A finished job read from another place (the outputs folder moved or copied) is served from there: its result
+    names the new folder and files that exist, never the old paths."""
+    data = _data(seed=5, sizes=(24, 12, 6))
+    arch, recipe = tiny_arch("resnet18"), _recipe(max_epochs=2, patience=10)
+    first = train_specialist(data, arch, recipe, tmp_path / "a" / "job")
+    (tmp_path / "a").rename(tmp_path / "b")
+    again = train_specialist(data, arch, recipe, tmp_path / "b" / "job")
+    assert again.status == "skipped" and again.fingerprint == first.fingerprint
+    assert again.out_dir == str(tmp_path / "b" / "job")
+    assert set(again.artifacts) == set(first.artifacts)
+    assert all(Path(p).is_file() and Path(p).parent == tmp_path / "b" / "job" for p in again.artifacts.values())

@@ -49,8 +49,14 @@ class JobResult:
 
 
 def load_result(files: JobFiles) -> JobResult | None:
-    """The recorded result of a finished job, or None when its folder holds no done.json."""
-    return JobResult.from_json(json.loads(files.done.read_text())) if files.done.is_file() else None
+    """The recorded result of a finished job, or None when its folder holds no done.json. Its paths are those of the
+    folder it is read from: an outputs folder moved or copied elsewhere keeps its finished jobs."""
+    if not files.done.is_file():
+        return None
+    result = JobResult.from_json(json.loads(files.done.read_text()))
+    result.out_dir = str(files.dir)
+    result.artifacts = {k: str(files.dir / Path(v).name) for k, v in result.artifacts.items()}
+    return result
 
 
 def write_json(path: Path, obj) -> None:
