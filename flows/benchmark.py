@@ -14,6 +14,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
 from data_contracts.files import FolderLock, write_json_atomic
 from data_contracts.layout import RunLayout
@@ -92,10 +93,11 @@ def _evaluation(prof: Profile, layout: RunLayout, ingested: dict, finetuned: dic
 
 @flow(name="benchmark")
 def benchmark(profile: str = "tiny", overrides: list[str] | None = None, out_dir: str | None = None,
-              stages: list[str] | None = None) -> dict:
+              stages: list[str] | None = None) -> dict | State:
     """Run every stage (each served from cache when its inputs are unchanged); returns where to look.
 
     `stages` limits the run to some stage groups (ingest, generalist, specialists, evaluation) and what they read.
+    A run with failed specialist jobs ends in a Failed state that names them (its data: the same result dict).
     One run writes an outputs folder at a time: a second is refused (FolderLockedError, naming the first); the MLflow
     runs a killed run of the folder left RUNNING are marked KILLED when the next one starts.
     """
@@ -107,7 +109,7 @@ def benchmark(profile: str = "tiny", overrides: list[str] | None = None, out_dir
         return _benchmark(prof, overrides or [], layout, groups, lock)
 
 
-def _benchmark(prof: Profile, overrides: list[str], layout: RunLayout, groups, lock: FolderLock) -> dict:
+def _benchmark(prof: Profile, overrides: list[str], layout: RunLayout, groups, lock: FolderLock) -> dict | State:
     data_root = Path(prof.data.root).resolve() if prof.data.root else layout.data
     if prof.data.tiny_benchmark is not None:
         write_tiny_benchmark(str(data_root), prof.data.tiny_benchmark)
@@ -148,6 +150,10 @@ def _benchmark(prof: Profile, overrides: list[str], layout: RunLayout, groups, l
         result["stages"], result["recomputed"] = plan.summarize(units)
         status = "FINISHED" if not result["failures"] else "FAILED"
         write_json_atomic(layout.benchmark_result, result)  # where schedulers and tests find the latest run
+        if result["failures"]:  # the flow run ends Failed, saying which jobs; the result (every other stage) is kept
+            return Failed(message=f"{len(result['failures'])} specialist job(s) failed after retries: "
+                                  f"{', '.join(sorted(result['failures']))}; the other stages ran without them",
+                          data=result)
         return result
     finally:
         lineage.end_parent(uri, parent, status)

@@ -148,7 +148,11 @@ def run(profile: str = typer.Option("tiny", help="profile name (infra/profiles) 
         _prefect_env(out_dir)
         from flows.benchmark import benchmark
 
-        res = benchmark(profile=profile, overrides=set_ or [], out_dir=str(out_dir), stages=stage or None)
+        state = benchmark(profile=profile, overrides=set_ or [], out_dir=str(out_dir), stages=stage or None,
+                          return_state=True)
+        res = state.result(raise_on_failure=False)   # a Failed run (specialist jobs failed) still carries its result
+        if isinstance(res, BaseException):
+            raise res
     except FolderLockedError as e:  # (also when taken between the check and the flow's start)
         console.print(f"[red]error:[/red] {e}", soft_wrap=True)
         raise typer.Exit(2) from None

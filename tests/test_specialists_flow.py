@@ -90,3 +90,24 @@ def test_killed_fanout_reruns_only_unfinished_jobs(tiny_tables, tmp_path):
     from safetensors.torch import save_file
     save_file(w, str(tmp_path / "changed.safetensors"))
     assert weights_digest(tmp_path / "changed.safetensors") != weights_digest(best)
+
+
+def test_a_run_with_failed_specialist_jobs_ends_failed_naming_them(tmp_path):
+    """Failed jobs (after retries) end the benchmark flow run Failed, naming them, while its result (the jobs that
+    finished, every other stage) is still returned; `gsco run` prints it and exits 1."""
+    out = tmp_path / "out"
+    broken = "specialists.arch_settings.vit_b16.overrides.num_heads=3"   # 64 wide: not divisible, fails at build
+    code = (f"import json\nfrom flows.benchmark import benchmark\n"
+            f"s = benchmark(profile='micro', overrides=[{broken!r}, 'specialists.retries=0'], out_dir={str(out)!r}, "
+            f"stages=['specialists'], return_state=True)\n"
+            f"r = s.result(raise_on_failure=False)\n"
+            f"print('RESULT', json.dumps({{'type': s.type.value, 'message': s.message, 'failures': sorted(r['failures']),"
+            f" 'jobs': len(r['stages'] and r['recomputed']['specialists'])}}))\n")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.split("RESULT", 1)[1])
+    expected = ["ham10000/vit_b16", "pneumoniamnist/vit_b16"]
+    assert got["type"] == "FAILED" and got["failures"] == expected, got
+    assert "2 specialist job(s) failed after retries: ham10000/vit_b16, pneumoniamnist/vit_b16" in got["message"]
+    assert got["jobs"] == 2   # the resnet18 jobs trained
