@@ -188,7 +188,19 @@ def lineage_cmd(run_id: str, out: Path = typer.Option(Path("outputs/tiny"), help
     from tasks.lineage import lineage
     from tasks.tracking import tracking_uri
 
-    tree = lineage(tracking_uri(RunLayout(out), uri), run_id)
+    from mlflow.exceptions import MlflowException
+
+    layout = RunLayout(out)
+    if uri is None and not layout.mlflow_db.is_file():  # reading must never create an empty store
+        console.print(f"[red]error:[/red] {layout.mlflow_db}: no MLflow store there; pass the run's outputs folder "
+                      "(--out) or its tracking server (--tracking-uri)", soft_wrap=True)
+        raise typer.Exit(2)
+    try:
+        tree = lineage(tracking_uri(layout, uri), run_id)
+    except MlflowException as e:
+        console.print(f"[red]error:[/red] run {run_id}: not found in {tracking_uri(layout, uri)} "
+                      f"({str(e).splitlines()[0][:200]})", soft_wrap=True)
+        raise typer.Exit(2) from None
     if as_json:
         print(json.dumps(tree, indent=2))
         return
