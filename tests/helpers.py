@@ -9,3 +9,15 @@ def tables_mtimes(tables_root: Path) -> dict[str, int]:
     root = Path(tables_root)
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()
             and not p.name.startswith(".")} if root.exists() else {}
+
+
+def process_cmdlines() -> dict[int, str]:
+    """{pid: command line} of every live process (Linux /proc), to prove a killed run left none of its own behind."""
+    out = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                out[int(p.name)] = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:  # ended while being read
+                pass
+    return out

@@ -32,6 +32,7 @@ from tasks.generalist.finetune.training import load_training_model, read_marker,
 from tasks.generalist.backends import TransformersGeneralist
 from tasks.generalist.settings import GenerationSettings
 from tasks.generalist.tiny_internvl import build_tiny_internvl
+from tests.helpers import process_cmdlines
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["normal", "pneumonia", "effusion", "nodule"]
@@ -253,15 +254,7 @@ def test_killed_run_resumes_lowers_loss_and_merges(tiny, tmp_path):
 
 
 def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if text in (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    found.append(int(p.name))
-            except OSError:
-                pass
-    return found
+    return [pid for pid, cmd in process_cmdlines().items() if text in cmd]
 
 
 def test_killed_run_leaves_no_worker_behind_and_the_rerun_resumes_once(tiny, tmp_path):

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from data_contracts.files import FolderLock, FolderLockedError, folder_lock_holder
 from data_contracts.layout import RunLayout
 from tasks import lineage
+from tests.helpers import process_cmdlines
 
 REPO = Path(__file__).resolve().parents[1]
 GSCO = Path(sys.executable).with_name("gsco")
@@ -94,8 +95,8 @@ def test_a_child_started_dying_with_its_parent_dies_when_the_parent_is_killed(tm
             f"{marker!r}]))\n")
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
 
-    def children() -> list[str]:
-        return [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).endswith(marker)]
+    def children() -> list[int]:
+        return [pid for pid, cmd in process_cmdlines().items() if cmd.endswith(marker)]
 
     deadline = time.time() + 30
     while not children() and time.time() < deadline:
@@ -111,9 +112,3 @@ def test_a_child_started_dying_with_its_parent_dies_when_the_parent_is_killed(tm
                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert bad.returncode != 0 and "usage: python -m tasks.processes --parent PID -- CMD" in bad.stderr
 
-
-def _cmdline(p: Path) -> str:
-    try:
-        return (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
