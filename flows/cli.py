@@ -16,13 +16,41 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-app = typer.Typer(help="GSCo pipeline: generalist-specialist collaboration as Prefect flows with MLflow lineage.",
+cli = typer.Typer(help="GSCo pipeline: generalist-specialist collaboration as Prefect flows with MLflow lineage.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 datasets_app = typer.Typer(help="The dataset registry (data cards).", no_args_is_help=True)
-app.add_typer(datasets_app, name="datasets")
+cli.add_typer(datasets_app, name="datasets")
 console = Console(width=None if __import__("sys").stdout.isatty() else 200)
+
+
+def _error(message: str, code: int = 2) -> typer.Exit:
+    """Print `error: message` as one line (never read as markup: `[nosuch]` stays) and return the Exit to raise."""
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _card(name: str):
+    """The data card of `name`, or a one-line error naming the registered datasets."""
+    from data_contracts.cards import get_card, registry
+
+    try:
+        return get_card(name)
+    except KeyError:
+        raise _error(f"unknown dataset {name!r}; known: {', '.join(sorted(registry()))}") from None
+
+
+def _writable_folder(path: Path, what: str) -> Path:
+    """`path` resolved, if it is a folder or can become one; else a one-line error (before any server starts)."""
+    path = Path(path).expanduser().resolve()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise _error(f"{what} {path}: {existing} is a file, not a folder")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise _error(f"{what} {path}: {existing} is not writable")
+    return path
 
 
 def _prefect_env(out_dir: Path) -> None:
@@ -67,12 +95,7 @@ def datasets_show(name: str) -> None:
     """One data card in full."""
     import yaml
 
-    from data_contracts.cards import get_card
-
-    try:
-        card = get_card(name)
-    except KeyError as e:
-        raise typer.BadParameter(str(e.args[0])) from None
+    card = _card(name)
     console.print(yaml.safe_dump(card.model_dump(mode="json", exclude_none=True), sort_keys=False, width=120))
 
 
@@ -80,27 +103,30 @@ def datasets_show(name: str) -> None:
 def datasets_validate(name: str, path: Path, show: int = typer.Option(10, help="problems to list")) -> None:
     """Check a local copy (a data root holding the card's raw.dir, or that folder itself) against the card, and say
     how it compares with the paper's data: the MedMNIST file read (the paper uses 224 px), the split file followed."""
-    from data_contracts.cards import get_card
     from tasks.ingest.validate import validate_local_copy
 
-    card = get_card(name)
+    card = _card(name)
+    if not path.exists():
+        raise _error(f"{path}: no such folder (pass the data root holding {card.raw.dir!r}, or that folder)")
     report = validate_local_copy(card, path)
     for line in report.lines(show):   # paths and file names print as they are: no markup, no wrapping mid-line
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(0 if report.ok else 1)
 
 
-@app.command("tiny-benchmark")
+@cli.command("tiny-benchmark")
 def tiny_benchmark(out: Path, seed: int = 0, scale: float = 1.0) -> None:
     """Write the tiny benchmark (look-alikes of the paper's datasets in their real raw formats) under OUT."""
     from tasks.ingest.tiny_benchmark import generate_tiny_benchmark
 
-    written = generate_tiny_benchmark(out, seed=seed, scale=scale)
+    if scale <= 0:
+        raise _error(f"--scale {scale}: expected a number > 0")
+    written = generate_tiny_benchmark(_writable_folder(out, "OUT"), seed=seed, scale=scale)
     for name, d in written.items():
         console.print(f"{name:16s} {d}")
 
 
-@app.command("ingest")
+@cli.command("ingest")
 def ingest_cmd(data_root: Path = typer.Option(..., help="folder holding one folder per dataset (card raw.dir)"),
                out: Path = typer.Option(Path("outputs/local"), help="outputs folder (tables, MLflow store)"),
                dataset: list[str] = typer.Option(None, help="only these datasets (repeatable)"),
@@ -109,8 +135,21 @@ def ingest_cmd(data_root: Path = typer.Option(..., help="folder holding one fold
                experiment: str = "gsco") -> None:
     """Load, validate and write canonical tables for every dataset present under DATA_ROOT."""
     from data_contracts.layout import RunLayout
+    from tasks.ingest.stage import present_datasets
     from tasks.tracking import Tracking, tracking_uri
 
+    # every mistake is one line, before a Prefect server starts
+    if policy not in ("fail", "quarantine"):
+        raise _error(f"--policy {policy!r}: expected fail or quarantine")
+    if not data_root.is_dir():
+        raise _error(f"--data-root {data_root}: no such folder")
+    for name in dataset or []:
+        _card(name)
+    try:
+        present_datasets(data_root, dataset or None)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        raise _error(str(e.args[0] if e.args else e)) from None
+    out = _writable_folder(out, "--out")
     _prefect_env(out)
     from flows.ingest import ingest
 
@@ -120,7 +159,7 @@ def ingest_cmd(data_root: Path = typer.Option(..., help="folder holding one fold
     _print_ingest(res, tracking.uri)
 
 
-@app.command("run")
+@cli.command("run")
 def run(profile: str = typer.Option("tiny", help="profile name (infra/profiles) or YAML path"),
         set_: list[str] = typer.Option(None, "--set", help="override, e.g. --set data.policy=quarantine"),
         out: Optional[Path] = typer.Option(None, help="outputs folder (default: the profile's outputs.dir)"),
@@ -134,9 +173,8 @@ def run(profile: str = typer.Option("tiny", help="profile name (infra/profiles) 
         prof = load_profile(profile, set_ or [])
         stage_groups(stage or None)
     except (ProfileError, ValueError) as e:
-        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
-        raise typer.Exit(2) from None
-    out_dir = Path(out or prof.outputs.dir).resolve()
+        raise _error(str(e)) from None
+    out_dir = _writable_folder(Path(out or prof.outputs.dir), "--out" if out else "outputs.dir")
     from data_contracts.files import FolderLockedError, folder_lock_holder
     from data_contracts.layout import RunLayout
 
@@ -154,8 +192,7 @@ def run(profile: str = typer.Option("tiny", help="profile name (infra/profiles) 
         if isinstance(res, BaseException):
             raise res
     except FolderLockedError as e:  # (also when taken between the check and the flow's start)
-        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise _error(str(e)) from None
     t = Table(title="benchmark stages")
     t.add_column("stage")
     t.add_column("status")
@@ -177,7 +214,7 @@ def run(profile: str = typer.Option("tiny", help="profile name (infra/profiles) 
         raise typer.Exit(1)
 
 
-@app.command("lineage")
+@cli.command("lineage")
 def lineage_cmd(run_id: str, out: Path = typer.Option(Path("outputs/tiny"), help="outputs folder of the run"),
                 uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow URI (default: SQLite in OUT)"),
                 as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
@@ -204,6 +241,47 @@ def lineage_cmd(run_id: str, out: Path = typer.Option(Path("outputs/tiny"), help
     if as_json:
         print(json.dumps(tree, indent=2))
         return
+    _print_lineage(tree)
+
+
+def _registered(reg: list[dict]) -> str:
+    return ", ".join(f"{r['name']} v{r['version']}" + (f" @{','.join(r['aliases'])}" if r["aliases"] else "")
+                     for r in reg) or "-"
+
+
+def _print_lineage(tree: dict) -> None:
+    """The summary (raw data, LanceDB tables, specialists, MedDr), then every stage run with what it read and wrote."""
+    s = tree["summary"]
+    console.print(f"[bold]run {s['run_id']}[/bold]  commit {s['commit']}  profile {s['profile']}  "
+                  f"report written by run {s['report_run_id'] or '-'}", soft_wrap=True)
+    t = Table(title="datasets: raw files and canonical tables")
+    for col in ("dataset", "raw digest", "source", "splits (rows, digest)"):
+        t.add_column(col, overflow="fold")
+    for ds, d in s["datasets"].items():
+        t.add_row(ds, d["raw_digest"], d["source"] or "-",
+                  "\n".join(f"{sp} {e['rows']} {e['digest']}" for sp, e in sorted(d["splits"].items())))
+    console.print(t)
+    t = Table(title="RAD tables (LanceDB)")
+    for col in ("dataset/retriever", "content digest", "LanceDB version", "tag"):
+        t.add_column(col, overflow="fold")
+    for name, i in s["indexes"].items():
+        t.add_row(name, i["digest"], str(i["lancedb_version"]), i["lancedb_tag"] or "-")
+    console.print(t)
+    t = Table(title="specialists (RAD: the retriever, chosen on validation)")
+    for col in ("dataset", "arch", "weights digest", "validation", "RAD", "registered"):
+        t.add_column(col, overflow="fold")
+    for ds, jobs in s["specialists"].items():
+        for j in jobs:
+            val = f"{j['val_metric']} {j['val_score']:.4f}" if j["val_score"] is not None else "-"
+            t.add_row(ds, j["arch"], j["digest"] or "-", val, "yes" if j["rad_retriever"] else "",
+                      _registered(j["registered"]))
+    console.print(t)
+    t = Table(title="generalist")
+    for col in ("model", "digest", "model id", "registered"):
+        t.add_column(col, overflow="fold")
+    for name, m in s["generalist"].items():
+        t.add_row(name, m["digest"] or "-", m["model_id"], _registered(m["registered"]))
+    console.print(t)
     for r in [tree["run"], *tree["stages"]]:
         console.print(f"[bold]{r['name']}[/bold]  run {r['run_id']}  ({r['status']})")
         for d in r["datasets"]:
@@ -226,6 +304,30 @@ def _print_ingest(res: dict, store: str) -> None:
     console.print(f"tables:     {res['tables_root']}   ({dict(counts)})")
     console.print(f"MLflow run: {res['run_id']}  store {store}")
     console.print(f"MLflow UI:  mlflow ui --backend-store-uri {store}  (then open http://127.0.0.1:5000)")
+
+
+def app(argv: list[str] | None = None) -> None:
+    """The `gsco` command. A usage mistake (unknown option or command, missing argument, bad value) is one line
+    naming what was wrong and where to look, like every other error here; `gsco` alone, or a group alone, prints
+    its help."""
+    import sys
+
+    # typer 0.29 vendors click: its usage errors are these classes, not the `click` package's
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
+    try:
+        code = cli(args=argv, standalone_mode=False, prog_name="gsco")
+    except NoArgsIsHelpError as e:
+        e.ctx.get_help()   # typer prints its (rich) help itself
+        code = 0
+    except UsageError as e:
+        where = e.ctx.command_path if e.ctx else "gsco"
+        console.print(f"[red]error:[/red] {escape(where)}: {escape(e.format_message())} (see {escape(where)} --help)",
+                      soft_wrap=True)
+        code = 2
+    except typer.Abort:
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -287,7 +287,10 @@ def test_killed_run_leaves_no_worker_behind_and_the_rerun_resumes_once(tiny, tmp
     run.kill()
     run.wait()
     deadline = time.time() + 30
-    while _processes_mentioning(str(cfg_path)) and time.time() < deadline:
+    # a SIGKILLed process drops its memory (and with it its /proc cmdline) before its files: its flock goes a moment
+    # after it stops being listed, so wait for both
+    while time.time() < deadline and (_processes_mentioning(str(cfg_path))
+                                      or folder_lock_holder(FinetuneFiles(out).run_lock) is not None):
         time.sleep(0.2)
     assert not _processes_mentioning(str(cfg_path)), "a fine-tuning process outlived the run that launched it"
     assert folder_lock_holder(FinetuneFiles(out).run_lock) is None

@@ -56,3 +56,76 @@ def test_base_url_with_a_password_is_refused_even_from_a_profile_file(tmp_path):
     with pytest.raises(ProfileError, match="a password in the URL is not accepted") as e:
         load_profile(p)
     assert SECRET not in str(e.value)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def served_generalist(tmp_path):
+    """A real OpenAI-compatible server (`transformers serve`, 127.0.0.1) serving a tiny InternVL the project builds."""
+    import time
+    import urllib.request
+
+    from tasks.generalist.tiny_internvl import build_tiny_internvl
+
+    model = build_tiny_internvl(tmp_path / "served-model", ["a chest x-ray", "a skin lesion", "normal", "pneumonia"],
+                                load_profile("micro").generalist.tiny_model)
+    port = _free_port()
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("transformers")), "serve", str(model), "--host",
+                             "127.0.0.1", "--port", str(port), "--device", "cpu"],
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"transformers serve did not start: {(tmp_path / 'serve.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield {"base_url": f"http://127.0.0.1:{port}/v1", "model": str(model), "log": tmp_path / "serve.log"}
+    proc.kill()
+    proc.wait()
+
+
+def test_a_key_from_its_variable_reaches_the_server_and_nothing_a_run_records(served_generalist, tmp_path):
+    """The third way a secret arrives (the supported one): the variable `generalist.api_key_env` names. A whole run
+    against a real served generalist uses it (synthesis and every evaluation arm ask the server) and it is found in no
+    file of the outputs folder (MLflow store and artifacts, tables, logs), the Prefect database or the console; the
+    other two ways (an override, a password in base_url) are refused above."""
+    served = served_generalist
+    profile = tmp_path / "served.yaml"
+    profile.write_text("extends: micro\n"
+                       f"generalist: {{backend: openai, base_url: '{served['base_url']}', model: '{served['model']}', "
+                       "api_key_env: GSCO_TEST_KEY, max_retries: 1}\n"
+                       "data: {datasets: [pneumoniamnist, slake]}\n"
+                       "specialists: {architectures: [resnet18]}\n"
+                       "finetune: {max_steps: 2, save_steps: 1}\n")
+    out, home = tmp_path / "out", tmp_path / "prefect"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PYTHONPATH": str(REPO), "GSCO_TEST_KEY": SECRET,
+           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("PREFECT_API_URL", None)
+    r = subprocess.run([str(Path(sys.executable).with_name("gsco")), "run", "--profile", str(profile), "--out",
+                        str(out)], capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    asked = served["log"].read_text().count('"POST /v1/chat/completions HTTP/1.1" 200')
+    assert asked >= 10, f"the served generalist answered {asked} requests"
+    assert SECRET not in r.stdout + r.stderr
+    scanned, found = 0, []
+    for root in (out, home):
+        for f in root.rglob("*"):
+            if f.is_file():
+                scanned += 1
+                if SECRET.encode() in f.read_bytes():
+                    found.append(str(f))
+    assert scanned > 50 and (home / "prefect.db").is_file() and (out / "mlflow.db").is_file()
+    assert not found, f"the key was written to {found}"
