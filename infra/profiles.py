@@ -67,6 +67,11 @@ class Profile(Settings):
             raise ValueError(f"rad.retriever {r!r} is not in specialists.architectures "
                              f"{self.specialists.architectures} (or best-validation, or null): a retriever's "
                              "embeddings come from its job")
+        from tasks.evaluation.settings import ENCODER_RAD_ARM
+        if ENCODER_RAD_ARM in self.evaluation.arms and self.generalist.backend == "openai":
+            raise ValueError(f"evaluation.arms: {ENCODER_RAD_ARM} embeds images with MedDr's own vision encoder, "
+                             "which a served generalist (generalist.backend: openai) does not expose; use the "
+                             "transformers backend or drop the arm")
         return self
 
 
@@ -167,6 +172,10 @@ def _problems(e: ValidationError, path: Path, overridden: dict[str, str]) -> str
             what = "missing key"
         else:
             what = err["msg"].removeprefix("Value error, ")
+        if not loc:   # a check across sections: its message names the keys; the input is the whole profile
+            sources = ", ".join(f"--set {o}" for o in overridden.values())
+            lines.append(f"{path}{' with ' + sources if sources else ''}: {what}")
+            continue
         got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err['input']!r})"
         lines.append(f"{source}: {loc}: {what}{got}")
     return "; ".join(lines)

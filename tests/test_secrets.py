@@ -129,3 +129,15 @@ def test_a_key_from_its_variable_reaches_the_server_and_nothing_a_run_records(se
                     found.append(str(f))
     assert scanned > 50 and (home / "prefect.db").is_file() and (out / "mlflow.db").is_file()
     assert not found, f"the key was written to {found}"
+
+
+def test_a_served_generalist_with_the_encoder_rad_arm_is_refused_when_the_profile_loads():
+    """MedDr+RAD(MedDr-encoder) needs MedDr's vision encoder, which an OpenAI-compatible server does not expose: the
+    profile is refused at load (one line naming the arm and the backend), not at the index build minutes later."""
+    with pytest.raises(ProfileError) as e:
+        load_profile("micro", ["generalist.backend=openai", "generalist.model=m",
+                               "generalist.base_url=http://127.0.0.1:9/v1",
+                               "evaluation.arms=[MedDr, 'MedDr+RAD(MedDr-encoder)']"])
+    msg = str(e.value)
+    assert "evaluation.arms: MedDr+RAD(MedDr-encoder) embeds images with MedDr's own vision encoder" in msg
+    assert "generalist.backend: openai" in msg and len(msg) < 600 and "\n" not in msg
