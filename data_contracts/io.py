@@ -12,14 +12,22 @@ On-disk layout of one dataset (the unit that is replaced atomically):
 
 A table's digest is a content hash: sha256 over the sorted per-row hashes, so it is equal for equal content whatever
 the row order, shard size, machine or Parquet writer version, and changes when any value changes.
+
+Several writers of one dataset (two runs, two `gsco ingest`) may work at once: each builds its own temporary folder
+`.<dataset>.tmp-<id>` and holds a lock (flock) on a file in it for as long as it lives; the short steps that touch
+what others may see (clearing leftovers, creating a temporary folder, the swap) run under the dataset's lock file
+`<tables_root>/.<dataset>.lock`. Recovery removes only temporary folders whose writer is gone (their lock is free), so
+no writer deletes another's work, and the last writer to finish swaps its whole dataset in.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import shutil
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -27,7 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_contracts.errors import ContractError
-from data_contracts.files import file_sha256, swap_in, temporary_sibling, write_json_atomic
+from data_contracts.files import FolderLock, file_sha256, folder_lock_holder, swap_in, temporary_sibling, \
+    write_json_atomic
 from data_contracts.samples import COLUMNS, SAMPLES_SCHEMA, SCHEMA_VERSION, SPLITS, validate_samples
 
 MANIFEST = "_dataset.json"
@@ -36,6 +45,7 @@ REJECTS_SCHEMA = pa.schema([
     pa.field("field", pa.string()), pa.field("reason", pa.string()),
 ])
 TARGET_SHARD_BYTES = 256 * 1024 * 1024
+WRITER_LOCK = ".writer.lock"   # inside a temporary folder: held by its writer for as long as the writer lives
 
 
 def _enc(v) -> bytes:
@@ -92,10 +102,11 @@ def to_arrow(df: pl.DataFrame) -> pa.Table:
 
 
 class DatasetWriter:
-    """Writes all splits of one dataset into a temporary folder; swaps it into place only on success.
+    """Writes all splits of one dataset into a temporary folder of its own; swaps it into place only on success.
 
     A failure anywhere (exception inside the `with`) removes the temporary folder, so the tables of the previous run,
-    of this dataset and of every other dataset, stay exactly as they were.
+    of this dataset and of every other dataset, stay exactly as they were. Other writers of the same dataset may work
+    at the same time (see the module docstring): none touches another's temporary folder.
     """
 
     def __init__(self, tables_root: Path, dataset: str, meta: dict | None = None,
@@ -110,11 +121,14 @@ class DatasetWriter:
         self.splits: dict[str, dict] = {}
         self.rejects: dict | None = None
         self._ids: set[str] = set()
+        self._lock: FolderLock | None = None
 
     def __enter__(self) -> "DatasetWriter":
         self.root.mkdir(parents=True, exist_ok=True)
-        recover(self.root, self.dataset)
-        self.tmp.mkdir()
+        with dataset_lock(self.root, self.dataset):   # a recovery never sees this folder before its lock is held
+            _recover(self.root, self.dataset)
+            self.tmp.mkdir()
+            self._lock = FolderLock(self.tmp / WRITER_LOCK, "ingest writer").__enter__()
         return self
 
     def add(self, split: str, df: pl.DataFrame) -> None:
@@ -169,6 +183,17 @@ class DatasetWriter:
         self.rejects = {"rows": t.num_rows, "file": "rejects.parquet"}
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._finish(exc_type)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        finally:
+            if self._lock is not None:
+                self._lock.__exit__(None, None, None)
+                self._lock = None
+
+    def _finish(self, exc_type) -> None:
         for split in list(self._state):
             try:
                 self._close_shard(split)
@@ -184,19 +209,45 @@ class DatasetWriter:
         manifest = {"dataset": self.dataset, "contract": "samples", "schema_version": SCHEMA_VERSION,
                     "splits": self.splits, "rejects": self.rejects, "meta": self.meta}
         write_json_atomic(self.tmp / MANIFEST, manifest)
-        swap_in(self.tmp, self.final)
+        with dataset_lock(self.root, self.dataset):   # one swap at a time; a recovery never runs half-way through one
+            _recover(self.root, self.dataset)
+            (self.tmp / WRITER_LOCK).unlink()   # the folder becomes the dataset: no lock file in it
+            swap_in(self.tmp, self.final)
+
+
+@contextlib.contextmanager
+def dataset_lock(tables_root: Path, dataset: str) -> Iterator[None]:
+    """Hold `<tables_root>/.<dataset>.lock` (flock, waiting for it) for the short steps other writers must not
+    interleave with; a killed holder frees it at once. The file is never deleted (see files.FolderLock)."""
+    with open(Path(tables_root) / f".{dataset}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def recover(tables_root: Path, dataset: str) -> None:
-    """Finish or undo a swap that a killed run left half-done; drop stale temporary folders of `dataset`."""
+    """Finish or undo a swap that a killed writer left half-done; drop temporary folders of `dataset` whose writer is
+    gone (a live writer's folder, whose lock is held, is left alone)."""
     root = Path(tables_root)
+    root.mkdir(parents=True, exist_ok=True)
+    with dataset_lock(root, dataset):
+        _recover(root, dataset)
+
+
+def _recover(root: Path, dataset: str) -> None:
+    """recover(), for a caller that holds the dataset's lock (old folders exist only inside a swap, which holds it)."""
     final = root / dataset
     olds = sorted(root.glob(f".{dataset}.old-*"), key=lambda p: p.stat().st_mtime_ns)
     if not final.exists() and olds:
         olds[-1].replace(final)  # killed between the two renames of swap_in: the old tables come back
         olds = olds[:-1]
-    for p in olds + list(root.glob(f".{dataset}.tmp-*")):
+    for p in olds:
         shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(f".{dataset}.tmp-*"):
+        if folder_lock_holder(p / WRITER_LOCK) is None:   # its writer is gone (or never took its lock)
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def read_manifest(tables_root: Path, dataset: str) -> dict | None:

@@ -78,4 +78,4 @@ def test_failed_write_leaves_previous_tables(tmp_path):
             w.add("train", _df(bad))
     assert read_manifest(tmp_path, "d") == before
     assert read_samples(tmp_path, "d", "train").height == 6
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".d.lock"]   # no temp folder left

@@ -327,16 +327,20 @@ def test_split_lists_of_row_indexes_derm7pt(tmp_path):
     assert "expected a 0-based row number of derm7pt/release_v0/meta/meta.csv (0..4), got '7'" in rejects[0].reason
 
 
-def test_split_lists_listing_a_row_twice_is_an_error(tmp_path):
+def test_split_lists_listing_a_row_twice_keep_the_first_listing(tmp_path):
     card = get_card("derm7pt")
     d = tmp_path / card.raw.dir / "release_v0" / "meta"
     _csv(d / "meta.csv", [{"case_num": "1", "diagnosis": "nevus", "derm": "x.jpg"}])
+    _img(d.parent / "images" / "x.jpg", 50, "JPEG")
     _csv(d / "train_indexes.csv", [{"indexes": "0"}])
     _csv(d / "valid_indexes.csv", [{"indexes": "0"}])
     _csv(d / "test_indexes.csv", [{"indexes": "0"}])
-    with pytest.raises(DataError, match=r"valid_indexes.csv row 0 field 'indexes': expected each row of "
-                                        r".*meta.csv in one split only"):
-        _load(card, tmp_path)
+    rows, rejects = _load(card, tmp_path)
+    assert {sid: r["split"] for sid, r in rows.items()} == {"derm7pt:1": "train"}
+    m = "derm7pt/release_v0/meta"
+    assert [rj.reason for rj in rejects] == [
+        f"{m}/{f} row 0 field 'indexes': expected each row of {m}/meta.csv in one split only, got '0' again (its "
+        "listing for 'train' is kept)" for f in ("valid_indexes.csv", "test_indexes.csv")]
 
 
 def test_one_table_per_split_with_split_folders_rfmid2(tmp_path):
@@ -682,13 +686,15 @@ def test_iu_xray_r2gen_ids_that_map_to_no_report_are_rejects(tmp_path):
     assert q.rejects == 3 and {s: e["rows"] for s, e in q.splits.items()} == {"train": 1, "test": 1}
 
 
-def test_iu_xray_r2gen_id_in_two_splits_is_an_error(tmp_path):
+def test_iu_xray_r2gen_id_in_two_splits_keeps_the_first_listing(tmp_path):
     card = get_card("iu_xray")
     d = _iu_xray(tmp_path, uids=(1,))
     _r2gen(d, {"train": ["CXR1_1_IM-0001"], "val": [], "test": ["CXR1_IM-0001"]})
-    with pytest.raises(DataError, match=r"^iu_xray/r2gen_annotation.json row test\[0\] field 'id': expected each "
-                                        r"uid in one split only; 'CXR1_IM-0001' is also listed under 'train'$"):
-        _load(card, tmp_path)
+    rows, rejects = _load(card, tmp_path)
+    assert {sid: r["split"] for sid, r in rows.items()} == {"iu_xray:1": "train"}
+    assert [rj.reason for rj in rejects] == [
+        "iu_xray/r2gen_annotation.json row test[0] field 'id': expected each uid in one split only, got "
+        "'CXR1_IM-0001' again (its listing under 'train' is kept)"]
 
 
 def test_iu_xray_without_the_split_file_falls_back_to_the_seeded_random_split(tmp_path):

@@ -3,14 +3,19 @@
     from tasks.ingest.dataset import ingest_dataset
     result = ingest_dataset(get_card("ham10000"), data_root, tables_root, policy="fail")
 
-Cache key (tasks/cache.py) = the raw files' content digest, the card, the policy and the code of the format's loader
-and the samples contract. A dataset whose manifest already carries the key is not read or rewritten ("cached"); a
-changed raw file, card or loader recomputes that dataset only. The raw files include the split files a card names
+Cache key (tasks/cache.py) = the raw files' content digest, the card, the policy, the image size limit
+(data.max_image_pixels) and the code of the format's loader and the samples contract. A dataset whose manifest
+already carries the key is not read or rewritten ("cached"); a changed raw file, card or loader recomputes that
+dataset only. The raw files include the split files a card names
 (split.files), so a split file that appears (R2Gen's IU-Xray annotation.json) re-ingests the dataset.
 
 What the loaders warn about (a 28-px MedMNIST file read where the paper uses 224 px; a random split where the
 standard split file is missing) is logged and kept in `IngestResult.warnings` and in `_dataset.json` under
 meta.warnings, also when the result is served from cache.
+
+Bad records are handled row by row (tasks/ingest/loaders): under policy "fail" the first one fails the dataset with
+its one-line reason (file, row, field, what was expected); under "quarantine" every good row is written and each bad
+one goes to rejects.parquet with that reason. A sample id met twice keeps its first copy (see iter_dataset).
 """
 from __future__ import annotations
 
@@ -31,21 +36,18 @@ from tasks.cache import stage_key
 from tasks.ingest import loaders
 from tasks.ingest.loaders import Reject
 from tasks.ingest.loaders.common import collect_warnings, warn
+from tasks.ingest.settings import DEFAULT_MAX_IMAGE_PIXELS
 
 Policy = Literal["fail", "quarantine"]
 CHUNK_ROWS = 1000
 # the loader modules each raw format runs (besides the loaders package itself and its `common`)
 _L = "tasks.ingest.loaders."
+_T = [_L + "tables", _L + "records", _L + "split_files", _L + "dicom"]   # what tables.py imports
 FORMAT_MODULES = {"medmnist_npz": [_L + "medmnist"], "image_folder": [_L + "image_folder"],
-                  "csv_images": [_L + "tables", _L + "dicom"],
-                  "report_table": [_L + "tables", _L + "dicom", _L + "split_files"],
-                  "case_studies": [_L + "tables", _L + "dicom"],
-                  "slake_json": [_L + "tables", _L + "vqa", _L + "dicom"],
-                  "vqa_rad_json": [_L + "tables", _L + "vqa", _L + "dicom"],
-                  "vqa_med_txt": [_L + "tables", _L + "vqa", _L + "dicom"],
-                  "medfmc_txt": [_L + "tables", _L + "medfmc", _L + "dicom"],
-                  "hf_parquet": [_L + "tables", _L + "hf_parquet", _L + "dicom"],
-                  "omnimedvqa_json": [_L + "tables", _L + "vqa", _L + "dicom"]}
+                  "csv_images": _T, "report_table": _T, "case_studies": _T,
+                  "slake_json": [*_T, _L + "vqa"], "vqa_rad_json": [*_T, _L + "vqa"], "vqa_med_txt": [*_T, _L + "vqa"],
+                  "medfmc_txt": [*_T, _L + "medfmc"], "hf_parquet": [*_T, _L + "hf_parquet"],
+                  "omnimedvqa_json": [*_T, _L + "vqa"]}
 
 
 @dataclass
@@ -120,11 +122,13 @@ def raw_digest(card: DataCard, data_root: Path, memo: FileHashMemo | None = None
     return h.hexdigest()
 
 
-def ingest_key(card: DataCard, raw: str, policy: Policy) -> str:
-    """The ingest cache key of a dataset: raw digest, card, policy, and the code that turns its format into tables."""
+def ingest_key(card: DataCard, raw: str, policy: Policy, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> str:
+    """The ingest cache key of a dataset: raw digest, card, policy, image size limit, and the code that turns its
+    format into tables."""
     code = ["tasks.ingest.dataset", "tasks.ingest.loaders.__init__", "tasks.ingest.loaders.common",
             "data_contracts.samples", "data_contracts.io", *FORMAT_MODULES[card.raw.format]]
-    return stage_key("ingest", {"raw": raw}, {"card": card.model_dump(mode="json"), "policy": policy}, code)
+    return stage_key("ingest", {"raw": raw}, {"card": card.model_dump(mode="json"), "policy": policy,
+                                              "max_image_pixels": max_image_pixels}, code)
 
 
 def _reject_dict(card: DataCard, r: Reject) -> dict:
@@ -132,13 +136,17 @@ def _reject_dict(card: DataCard, r: Reject) -> dict:
 
 
 def ingest_dataset(card: DataCard, data_root: Path, tables_root: Path, policy: Policy = "fail",
-                   memo: FileHashMemo | None = None, force: bool = False) -> IngestResult:
-    """Load, validate and write one dataset's canonical tables; served from cache when nothing changed."""
+                   memo: FileHashMemo | None = None, force: bool = False,
+                   max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> IngestResult:
+    """Load, validate and write one dataset's canonical tables; served from cache when nothing changed.
+
+    Several processes may ingest one dataset into one tables root at once: each writes its own temporary folder and
+    the last to finish swaps its whole dataset in (data_contracts/io.py DatasetWriter)."""
     if policy not in ("fail", "quarantine"):
         raise ValueError(f"{card.name}: policy must be 'fail' or 'quarantine', got {policy!r}")
     data_root, tables_root = Path(data_root), Path(tables_root)
     rd = raw_digest(card, data_root, memo)
-    key = ingest_key(card, rd, policy)
+    key = ingest_key(card, rd, policy, max_image_pixels)
     source = str(loaders.dataset_dir(card, data_root).resolve())
     manifest = read_manifest(tables_root, card.name)
     if not force and manifest and manifest.get("meta", {}).get("cache_key") == key:
@@ -167,7 +175,7 @@ def ingest_dataset(card: DataCard, data_root: Path, tables_root: Path, policy: P
                     df = df.with_row_index("_i").filter(~pl.col("_i").is_in(sorted(bad))).drop("_i")
             w.add(split, df)
 
-        for item in loaders.iter_dataset(card, data_root):
+        for item in loaders.iter_dataset(card, data_root, max_image_pixels):
             if isinstance(item, Reject):
                 if policy == "fail":
                     raise ContractError(item.reason)

@@ -1,6 +1,8 @@
-"""The profile's `data` section: where the raw datasets lie, which to ingest, what to do with bad rows.
+"""The profile's `data` section: where the raw datasets lie, which to ingest, what to do with bad rows, how large an
+image may be.
 
-    data: {root: /data/gsco/raw, datasets: null, policy: fail, policies: {ham10000: quarantine}}
+    data: {root: /data/gsco/raw, datasets: null, policy: fail, policies: {ham10000: quarantine},
+           max_image_pixels: 67108864}
 """
 from __future__ import annotations
 
@@ -11,6 +13,10 @@ from pydantic import AfterValidator, Field
 from tasks.settings import Settings
 
 Policy = Literal["fail", "quarantine"]
+# 8192 x 8192 pixels: room for the largest images of the paper's datasets (full-field mammograms of CBIS-DDSM and
+# VinDr-Mammo, fundus photographs: a few thousand px a side), below PIL's decompression-bomb warning (89.5 M pixels);
+# one such image decoded as RGB takes 200 MB. A larger image is a row-level reject, read from the header, not decoded.
+DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
 
 
 def known_datasets(names):
@@ -40,3 +46,4 @@ class DataSettings(Settings):
     datasets: DatasetNames = None                 # null: every registered dataset present under the root
     policy: Policy = "fail"                       # fail | quarantine (bad rows to a rejects table)
     policies: Annotated[dict[str, Policy], AfterValidator(known_datasets)] = Field(default_factory=dict)
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, gt=0)   # width x height; a larger image is a bad row

@@ -13,6 +13,10 @@ from data_contracts.cards import get_card, registry
 from data_contracts.layout import RunLayout
 from tasks.ingest import loaders
 from tasks.ingest.dataset import FileHashMemo, IngestResult, ingest_dataset
+from tasks.ingest.settings import DEFAULT_MAX_IMAGE_PIXELS
+from tasks.logs import cache_hit, part_logger
+
+log = part_logger("ingest")
 
 
 def present_datasets(data_root: Path, names: list[str] | None) -> list[str]:
@@ -27,10 +31,18 @@ def present_datasets(data_root: Path, names: list[str] | None) -> list[str]:
     return found
 
 
-def ingest_one(name: str, data_root: Path, layout: RunLayout, policy: str) -> dict:
+def ingest_one(name: str, data_root: Path, layout: RunLayout, policy: str,
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> dict:
     """Ingest one dataset into the run's tables (served from cache when unchanged); its IngestResult as a dict."""
     memo = FileHashMemo(layout.file_hash_memo(name))  # one memo per dataset: concurrent tasks never share a file
-    return ingest_dataset(get_card(name), Path(data_root), layout.tables, policy=policy, memo=memo).to_dict()
+    r = ingest_dataset(get_card(name), Path(data_root), layout.tables, policy=policy, memo=memo,
+                       max_image_pixels=max_image_pixels)
+    if r.status == "cached":
+        cache_hit(log, "ingest", name, r.cache_key)
+    else:
+        log.info("ingest %s: %d rows (%s), %d rejected", name, sum(e["rows"] for e in r.splits.values()),
+                 ", ".join(f"{s} {e['rows']}" for s, e in sorted(r.splits.items())), r.rejects)
+    return r.to_dict()
 
 
 def record_ingest(results: list[dict], failures: dict[str, str], layout: RunLayout, tracking,

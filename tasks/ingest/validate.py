@@ -16,6 +16,7 @@ from data_contracts.samples import find_problems
 from tasks.ingest import loaders
 from tasks.ingest.loaders import LoadContext, Reject, medmnist, split_files
 from tasks.ingest.loaders.common import collect_warnings
+from tasks.ingest.settings import DEFAULT_MAX_IMAGE_PIXELS
 
 
 @dataclass
@@ -56,8 +57,10 @@ class ValidationReport:
         return out
 
 
-def validate_local_copy(card: DataCard, path: Path) -> ValidationReport:
-    """Validate without writing anything: PATH is a data root holding raw.dir, or the raw.dir folder itself."""
+def validate_local_copy(card: DataCard, path: Path, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+                        ) -> ValidationReport:
+    """Validate without writing anything: PATH is a data root holding raw.dir, or the raw.dir folder itself. Bad rows
+    are those ingest would reject (the same loaders, duplicate ids and image size limit included)."""
     path = Path(path).resolve()
     if (path / card.raw.dir).is_dir():
         root = path
@@ -75,7 +78,7 @@ def validate_local_copy(card: DataCard, path: Path) -> ValidationReport:
     rows = []
     try:
         with collect_warnings(log_them=False) as rep.warnings:   # the report shows them
-            for item in loaders.iter_dataset(card, root):
+            for item in loaders.iter_dataset(card, root, max_image_pixels):
                 if isinstance(item, Reject):
                     rep.problems.append(item.reason)
                 else:

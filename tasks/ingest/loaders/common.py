@@ -1,4 +1,5 @@
-"""Shared pieces of the raw-format loaders: safe paths, image encoding, split assignment, row building, warnings.
+"""Shared pieces of the raw-format loaders: safe paths, image encoding and size limit, split assignment, row building,
+records that cannot be read (row by row), text that is not UTF-8, warnings.
 
     with collect_warnings() as found:          # what loaders warn about while the block runs (also logged)
         rows = list(iter_dataset(card, data_root))
@@ -9,6 +10,9 @@ import contextvars
 import hashlib
 import io
 import logging
+import math
+import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +24,7 @@ from PIL import Image
 from data_contracts.cards import DataCard, SplitSpec
 from data_contracts.errors import DataError
 from data_contracts.samples import IMAGE_FORMATS, image_info
+from tasks.ingest.settings import DEFAULT_MAX_IMAGE_PIXELS
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 _GLOB_CHARS = set("*?[")
@@ -64,10 +69,11 @@ class Reject:
 
 @dataclass(frozen=True)
 class LoadContext:
-    """What every loader gets: the card, the data root, and the dataset's raw folder under it."""
+    """What every loader gets: the card, the data root, the dataset's raw folder under it, the image size limit."""
     card: DataCard
     data_root: Path
     dataset_dir: Path
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS   # the profile's data.max_image_pixels
 
     def rel(self, p: Path) -> str:
         """`p` relative to the data root, as stored in `source_path`."""
@@ -86,28 +92,50 @@ def safe_path(ctx: LoadContext, base: Path, rel: str, where: str, row=None, fiel
     return p
 
 
-def encode_file(path: Path, where: str, row=None, field=None) -> tuple[bytes, str, int, int]:
-    """The image file's bytes (PNG/JPEG kept as they are, other formats re-encoded as PNG) with format and size."""
+def check_pixels(width: int, height: int, max_pixels: int | None, where: str, row=None, field=None) -> None:
+    """A RowError when a width x height image is larger than `max_pixels` (the profile's data.max_image_pixels)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise RowError(where, f"an image of at most {max_pixels:,} pixels (data.max_image_pixels), got "
+                              f"{width}x{height} = {width * height:,}", row=row, field=field)
+
+
+def encode_file(path: Path, where: str, row=None, field=None, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+                ) -> tuple[bytes, str, int, int]:
+    """The image file's bytes (PNG/JPEG kept as they are, other formats re-encoded as PNG) with format and size; an
+    image larger than `max_pixels` is refused from its header, before it is decoded."""
     if not path.is_file():
         raise RowError(where, f"an existing image file, {path} is missing", row=row, field=field)
     try:
-        return _kept_or_png(path.read_bytes())
+        return _kept_or_png(path.read_bytes(), max_pixels, where, row, field)
+    except RowError:
+        raise
     except Exception as e:
         raise RowError(where, f"a decodable image file, {path} is not ({type(e).__name__}: {e})", row=row,
                        field=field) from None
 
 
-def encode_bytes(data: bytes, where: str, row=None, field=None) -> tuple[bytes, str, int, int]:
+def encode_bytes(data: bytes, where: str, row=None, field=None, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+                 ) -> tuple[bytes, str, int, int]:
     """Encoded image bytes from a table cell (PNG/JPEG kept as they are, other formats re-encoded as PNG)."""
     try:
-        return _kept_or_png(data)
+        return _kept_or_png(data, max_pixels, where, row, field)
+    except RowError:
+        raise
     except Exception as e:
         raise RowError(where, f"image bytes that decode ({type(e).__name__}: {e})", row=row, field=field) from None
 
 
-def _kept_or_png(data: bytes) -> tuple[bytes, str, int, int]:
+def _kept_or_png(data: bytes, max_pixels: int | None, where: str, row, field) -> tuple[bytes, str, int, int]:
     """(bytes, format, width, height): PNG/JPEG as they are, any other decodable format re-encoded as PNG."""
-    with Image.open(io.BytesIO(data)) as im:
+    try:
+        with warnings.catch_warnings():   # PIL warns above 89 M pixels; the size is checked against our own limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))   # reads the header only
+    except Image.DecompressionBombError as e:   # PIL refuses outright above 179 M pixels
+        raise RowError(where, f"an image of at most {max_pixels or Image.MAX_IMAGE_PIXELS:,} pixels "
+                              f"(data.max_image_pixels), got a larger one ({e})", row=row, field=field) from None
+    with im:
+        check_pixels(*im.size, max_pixels, where, row=row, field=field)
         fmt = im.format
         im.load()
         if fmt not in IMAGE_FORMATS:
@@ -148,6 +176,17 @@ def carve_val(spec: SplitSpec, split: str, key: str) -> str:
     if split == "train" and spec.val_fraction > 0 and _unit(spec.seed + 1, key) < spec.val_fraction:
         return "val"
     return split
+
+
+def exact_int(v) -> int | None:
+    """`v` as an int when it is exactly a whole number (3, 3.0, True); None for 0.7, 1.9, NaN, inf, text, ...
+
+    Labels are compared exactly: a fractional value is a bad row, never rounded into a valid label."""
+    if isinstance(v, (bool, np.bool_, int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return int(v) if math.isfinite(v) and float(v).is_integer() else None
+    return None
 
 
 def map_label(ctx: LoadContext, raw: str, where: str, row=None, field=None) -> str:
@@ -214,3 +253,95 @@ def require_columns(path: Path, available, needed) -> None:
 
 def nonempty(v) -> bool:
     return v is not None and str(v).strip() != "" and str(v).strip().lower() != "nan"
+
+
+# --- records that cannot be read, text that is not UTF-8 ------------------------------------------------------------
+
+class BadRecord(dict):
+    """A raw record that cannot be used as read; `expected` says what was expected instead, `field` where.
+
+    A table reader keeps it in its place, so the row numbers of the records after it stay right, and `check_record`
+    turns it into that row's error. An entry that is no record at all (a JSONL line that does not parse, a string in
+    a JSON list) is an empty BadRecord with readable=False: it is reported whatever the card's filters say. A record
+    holding text that is not UTF-8 keeps its values (readable=True), so the filters still apply to it.
+    """
+
+    def __init__(self, values: dict, expected: str, field: str | None = None, readable: bool = True):
+        super().__init__(values)
+        self.expected, self.field, self.readable = expected, field, readable
+
+
+def check_record(rec, where: str, row) -> dict:
+    """`rec` when it is a usable record; a RowError naming the row (and field) and what was expected otherwise."""
+    if isinstance(rec, BadRecord):
+        raise RowError(where, rec.expected, row=row, field=rec.field)
+    if not isinstance(rec, dict):
+        raise RowError(where, f"a JSON object, got {type(rec).__name__}", row=row)
+    return rec
+
+
+def columns_of(records: list) -> list[str]:
+    """The column names of a table's records: those of its first readable record (none when it has none)."""
+    for r in records:
+        if isinstance(r, dict) and not (isinstance(r, BadRecord) and not r.readable):
+            return list(r.keys())
+    return []
+
+
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")   # what surrogateescape decodes each non-UTF-8 byte to
+
+
+def decode_utf8(data: bytes) -> tuple[str, list[tuple[int, int]]]:
+    """(the text, [(byte offset, byte)] of each byte that is not UTF-8): such bytes stay in the text as U+DC80..U+DCFF
+    (surrogateescape), so the rest of the file still reads and the records holding them can be told apart."""
+    text = data.decode("utf-8", "surrogateescape")
+    bad, pos, offset = [], 0, 0
+    for m in _NOT_UTF8.finditer(text):
+        offset += len(text[pos:m.start()].encode("utf-8", "surrogateescape"))
+        bad.append((offset, ord(m.group()) - 0xDC00))
+        offset, pos = offset + 1, m.end()
+    return text, bad
+
+
+class NotUtf8:
+    """The non-UTF-8 bytes of one file, handed out in file order as the pieces of text holding them are read."""
+
+    def __init__(self, bad: list[tuple[int, int]]):
+        self.bad, self.k = bad, 0
+
+    def __bool__(self) -> bool:
+        return bool(self.bad)
+
+    @staticmethod
+    def count(text: str) -> int:
+        """How many non-UTF-8 bytes `text` holds."""
+        return len(_NOT_UTF8.findall(text))
+
+    @staticmethod
+    def sub(replacement: str, text: str) -> str:
+        """`text` with each non-UTF-8 byte replaced."""
+        return _NOT_UTF8.sub(replacement, text)
+
+    def take(self, n: int) -> str | None:
+        """What was expected of the next piece of text, which holds `n` of the bytes (None when n == 0)."""
+        if n == 0:
+            return None
+        first = self.bad[self.k] if self.k < len(self.bad) else None
+        self.k += n
+        return not_utf8(*first) if first else "UTF-8 text"
+
+    def first(self) -> str:
+        return not_utf8(*self.bad[0])
+
+
+def not_utf8(offset: int, byte: int) -> str:
+    return f"UTF-8 text, got byte 0x{byte:02x} at byte offset {offset}"
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
+    """(line index, line, problem) of every line of a text file; `problem` (what was expected) names the first byte of
+    the line that is not UTF-8, None for a good line, so each bad line is one bad row."""
+    text, bad = decode_utf8(Path(path).read_bytes())
+    flaws = NotUtf8(bad)
+    for i, line in enumerate(text.splitlines()):
+        yield i, line, flaws.take(NotUtf8.count(line))

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from data_contracts.errors import DataError
-from tasks.ingest.loaders.common import RowError, encode_array, encode_file
+from tasks.ingest.loaders.common import RowError, check_pixels, encode_array, encode_file
+from tasks.ingest.settings import DEFAULT_MAX_IMAGE_PIXELS
 
 DICOM_EXTENSIONS = {".dcm", ".dicom"}
 PYDICOM_HINT = "pydicom installed (pip install pydicom==3.0.2), which is required to read DICOM images"
@@ -87,8 +88,10 @@ def dicom_to_uint8(ds) -> np.ndarray:
     return grey
 
 
-def encode_dicom(path: Path, where: str, row=None, field=None) -> tuple[bytes, str, int, int]:
-    """PNG bytes (8-bit, see dicom_to_uint8) of a DICOM file, with format and size; errors name the file."""
+def encode_dicom(path: Path, where: str, row=None, field=None, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+                 ) -> tuple[bytes, str, int, int]:
+    """PNG bytes (8-bit, see dicom_to_uint8) of a DICOM file, with format and size; errors name the file. An image
+    larger than `max_pixels` (Rows x Columns) is refused before its pixels are decoded."""
     try:
         import pydicom
     except ImportError:
@@ -97,6 +100,12 @@ def encode_dicom(path: Path, where: str, row=None, field=None) -> tuple[bytes, s
         raise RowError(where, f"an existing image file, {path} is missing", row=row, field=field)
     try:
         ds = pydicom.dcmread(path)
+        size = int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)
+    except Exception as e:
+        raise RowError(where, f"a readable DICOM image, {path} is not ({type(e).__name__}: {e})", row=row,
+                       field=field) from None
+    check_pixels(*size, max_pixels, where, row=row, field=field)
+    try:
         arr = dicom_to_uint8(ds)
     except Exception as e:
         raise RowError(where, f"a readable DICOM image, {path} is not ({type(e).__name__}: {e})", row=row,
@@ -104,8 +113,9 @@ def encode_dicom(path: Path, where: str, row=None, field=None) -> tuple[bytes, s
     return encode_array(arr)
 
 
-def encode_image(path: Path, where: str, row=None, field=None) -> tuple[bytes, str, int, int]:
+def encode_image(path: Path, where: str, row=None, field=None, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+                 ) -> tuple[bytes, str, int, int]:
     """Encoded bytes, format and size of an image file: DICOM converted to PNG, other formats via encode_file."""
     if is_dicom(path):
-        return encode_dicom(path, where, row=row, field=field)
-    return encode_file(path, where, row=row, field=field)
+        return encode_dicom(path, where, row=row, field=field, max_pixels=max_pixels)
+    return encode_file(path, where, row=row, field=field, max_pixels=max_pixels)

@@ -27,13 +27,13 @@ def _image(ctx: LoadContext, cell, rel: str, i: int) -> tuple:
     if isinstance(cell, dict):
         data, path = cell.get("bytes"), cell.get("path")
         if data:
-            return encode_bytes(data, rel, row=i, field=col)
+            return encode_bytes(data, rel, row=i, field=col, max_pixels=ctx.max_image_pixels)
         if nonempty(path):
             base = ctx.dataset_dir / (ctx.card.raw.image_dir or ".")
             p = safe_path(ctx, base, str(path), rel, row=i, field=col)
-            return encode_image(p, rel, row=i, field=col)
+            return encode_image(p, rel, row=i, field=col, max_pixels=ctx.max_image_pixels)
     elif isinstance(cell, (bytes, bytearray)) and cell:
-        return encode_bytes(bytes(cell), rel, row=i, field=col)
+        return encode_bytes(bytes(cell), rel, row=i, field=col, max_pixels=ctx.max_image_pixels)
     raise RowError(rel, "an image cell with bytes or a path", row=i, field=col)
 
 
@@ -60,7 +60,7 @@ def load(ctx: LoadContext) -> Iterator[dict | Reject]:
             raise DataError(rel, f"a readable parquet file ({type(e).__name__}: {e})") from None
         require_columns(path, shard.schema_arrow.names, needed)
         i = 0
-        for batch in shard.iter_batches(batch_size=BATCH_ROWS, columns=needed):
+        for batch in _batches(shard, needed, rel):
             for rec in batch.to_pylist():
                 try:
                     if all(str(rec.get(k)) == v for k, v in raw.filters.items()):
@@ -68,6 +68,19 @@ def load(ctx: LoadContext) -> Iterator[dict | Reject]:
                 except RowError as e:
                     yield Reject(rel, str(i), e.field, str(e))
                 i += 1
+
+
+def _batches(shard: pq.ParquetFile, columns: list[str], rel: str):
+    """The shard's record batches; a shard that breaks part-way (truncated, corrupt page) is a DataError naming it."""
+    batches = shard.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as e:
+            raise DataError(rel, f"a readable parquet file ({type(e).__name__}: {e})") from None
+        yield batch
 
 
 def _row(ctx: LoadContext, rec: dict, rel: str, i: int, split: str, shard: str) -> dict:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from data_contracts.errors import DataError
 from tasks.ingest.loaders.common import LoadContext, Reject, RowError, carve_val, make_row, map_label, safe_path, \
-    split_sources
+    split_sources, text_lines
 from tasks.ingest.loaders.tables import finish_labels, image_file
 
 FLAGS = ("0", "1")
@@ -69,10 +69,12 @@ def load(ctx: LoadContext) -> Iterator[dict | Reject]:
         if not path.is_file():
             raise DataError(ctx.rel(ctx.dataset_dir) + f"/{f}", "a MedFM annotation list")
         rel = ctx.rel(path)
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        for i, line, problem in text_lines(path):
             if not line.strip():
                 continue
             try:
+                if problem:
+                    raise RowError(rel, problem, row=i)
                 name, labels = _parse(ctx, line, flag_labels, rel, i)
                 labels = finish_labels(ctx, labels, rel, i, "labels")
                 sid = f"{split}:{name}"

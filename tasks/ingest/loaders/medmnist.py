@@ -3,6 +3,8 @@
     path = find_npz(ctx)       # {flag}_224.npz (MedMNIST+) first, then _128, _64, then the 28-px raw.npz_file
 
 The paper trains and tests at 224 px; reading a smaller file works (images are upsampled later) but is warned about.
+Labels are read exactly: a class index must be a whole number in the card's label_map and a multi-label flag exactly 0
+or 1 (0.7, 1.9, NaN are bad rows, never rounded into a label).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from data_contracts.errors import DataError
-from tasks.ingest.loaders.common import LoadContext, Reject, RowError, encode_array, make_row, warn
+from tasks.ingest.loaders.common import LoadContext, Reject, RowError, encode_array, exact_int, make_row, warn
 
 SPLIT_KEYS = {"train": "train", "val": "val", "test": "test"}
 PAPER_PX = 224
@@ -93,6 +95,10 @@ def load(ctx: LoadContext) -> Iterator[dict | Reject]:
             raise DataError(rel, f"labels of shape ({imgs.shape[0]}, {n_label_cols}), got {labels.shape}",
                             field=f"{split}_labels")
         arrays[f"{split}_labels"] = labels
+        side_h, side_w = imgs.shape[1], imgs.shape[2]
+        if side_h * side_w > ctx.max_image_pixels:   # one size for the whole file: a file-level error
+            raise DataError(rel, f"images of at most {ctx.max_image_pixels:,} pixels (data.max_image_pixels), got "
+                                 f"{side_w}x{side_h}", field=f"{split}_images")
     message = size_warning(ctx, path.name, int(arrays["test_images"].shape[1]))
     if message:
         warn(message)
@@ -101,19 +107,36 @@ def load(ctx: LoadContext) -> Iterator[dict | Reject]:
         for i in range(imgs.shape[0]):
             src = f"{rel}#{split}_images[{i}]"
             try:
-                if multilabel:
-                    names = [card.raw.label_map[str(j)] for j in np.flatnonzero(labels[i])]
-                    if not names:
-                        if not card.raw.empty_means:
-                            raise RowError(rel, "at least one positive label", row=i, field=f"{split}_labels")
-                        names = [card.raw.empty_means]
-                else:
-                    v = str(int(labels[i, 0]))
-                    if v not in card.raw.label_map:
-                        raise RowError(rel, f"a label index in {sorted(card.raw.label_map)}, got {v}", row=i,
-                                       field=f"{split}_labels")
-                    names = [card.raw.label_map[v]]
+                names = _labels(ctx, labels[i], rel, i, f"{split}_labels") if multilabel else \
+                    [_label(ctx, labels[i, 0], rel, i, f"{split}_labels")]
                 yield make_row(ctx, sample_id=f"{split}:{i}", split=split, image=encode_array(imgs[i]),
                                source_path=src, labels=names)
             except RowError as e:
                 yield Reject(src, str(i), e.field, str(e))
+
+
+def _label(ctx: LoadContext, value, rel: str, i: int, field: str) -> str:
+    """The label name of one class index, which must be exactly a whole number in the card's label_map."""
+    index, names = exact_int(value), ctx.card.raw.label_map
+    if index is None or str(index) not in names:
+        raise RowError(rel, f"a label index in {sorted(names)}, got {_shown(value)}", row=i, field=field)
+    return names[str(index)]
+
+
+def _labels(ctx: LoadContext, flags, rel: str, i: int, field: str) -> list[str]:
+    """The label names of one row of 0/1 flags (each exactly 0 or 1); none set means raw.empty_means."""
+    raw = ctx.card.raw
+    for j, f in enumerate(flags):
+        if exact_int(f) not in (0, 1):
+            raise RowError(rel, f"0/1 flags, got {_shown(f)} in column {j}", row=i, field=field)
+    names = [raw.label_map[str(j)] for j in np.flatnonzero(flags)]
+    if not names:
+        if not raw.empty_means:
+            raise RowError(rel, "at least one positive label", row=i, field=field)
+        names = [raw.empty_means]
+    return names
+
+
+def _shown(value) -> str:
+    """A label value as written in the file: 3, 0.7 (also as float32), nan, 'a'."""
+    return repr(str(value)) if isinstance(value, (str, np.str_)) else str(value)

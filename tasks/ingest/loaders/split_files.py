@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 
 from data_contracts.errors import DataError
-from tasks.ingest.loaders.common import LoadContext, Reject, RowError, nonempty, safe_path, split_sources
+from tasks.ingest.loaders.common import LoadContext, Reject, RowError, decode_utf8, nonempty, not_utf8, safe_path, \
+    split_sources
 
 
 def _names(ctx: LoadContext) -> str:
@@ -50,10 +51,12 @@ def _records(ctx: LoadContext, rel: str, split: str, cache: dict) -> tuple[Path,
         if not path.is_file():
             raise DataError(ctx.rel(ctx.dataset_dir) + f"/{rel}", f"the split file of split {split!r}",
                             field="split.files")
+        text, bad = decode_utf8(path.read_bytes())   # a non-UTF-8 byte inside a record's text spoils no id
         try:
-            cache[path] = json.loads(path.read_text(encoding="utf-8"))
+            cache[path] = json.loads(text)
         except Exception as e:
-            raise DataError(ctx.rel(path), f"a readable JSON file ({type(e).__name__}: {e})") from None
+            raise DataError(ctx.rel(path), not_utf8(*bad[0]) if bad else
+                            f"a readable JSON file ({type(e).__name__}: {e})") from None
     data = cache[path]
     if not isinstance(data, dict) or not isinstance(data.get(split), list):
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
@@ -63,7 +66,8 @@ def _records(ctx: LoadContext, rel: str, split: str, cache: dict) -> tuple[Path,
 
 
 def json_id_splits(ctx: LoadContext, known: set[str]) -> tuple[dict[str, str], list[Reject]]:
-    """id_column value -> split from the JSON split files; records whose id maps to no known row are rejects.
+    """id_column value -> split from the JSON split files; records whose id maps to no known row, and later listings of
+    an id already listed under another split (the first listing is kept), are rejects.
 
     With split.id_pattern, group 1 of the pattern searched in the record's id is the id_column value
     ("^CXR(\\d+)_" maps R2Gen's "CXR2384_IM-0942" to uid "2384"); without it, the id itself is.
@@ -89,10 +93,10 @@ def json_id_splits(ctx: LoadContext, known: set[str]) -> tuple[dict[str, str], l
             elif uid not in known:
                 reason = (f"an id naming a {raw.id_column} of {raw.table}, got {key!r} ({raw.id_column} {uid!r} "
                           "is absent)")
+            elif splits.setdefault(uid, split) != split:   # the first listing is kept, this one is the bad row
+                reason = f"each {raw.id_column} in one split only, got {key!r} again (its listing under " \
+                         f"{splits[uid]!r} is kept)"
             else:
-                if splits.setdefault(uid, split) != split:
-                    raise DataError(frel, f"each {raw.id_column} in one split only; {key!r} is also listed under "
-                                          f"{splits[uid]!r}", row=row, field=spec.id_field)
                 continue
             error = RowError(frel, reason, row=row, field=spec.id_field)
             rejects.append(Reject(frel, row, spec.id_field, str(error)))

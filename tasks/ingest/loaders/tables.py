@@ -4,54 +4,29 @@
 
 csv_images reads one table with a split column / seeded split, one table per split (split.source=file), or one table
 plus split lists of ids or row numbers (split.file_content); rows sharing an id can be merged (raw.group_by_id).
+
+Bad records are bad rows, each on its own (tasks/ingest/loaders/records.py reads them), as are a one-hot cell that is
+not a 0/1 flag and a split list naming a row a second time (the first listing is kept, the later one rejected).
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
-import json
 import string
 from collections.abc import Iterator
 from pathlib import Path
 
-import polars as pl
-
 from data_contracts.errors import DataError
-from tasks.ingest.loaders.common import LoadContext, Reject, RowError, carve_val, make_row, map_label, nonempty, \
-    random_split, require_columns, safe_path, split_sources, warn
+from tasks.ingest.loaders.common import BadRecord, LoadContext, Reject, RowError, carve_val, check_record, columns_of, \
+    make_row, map_label, nonempty, random_split, require_columns, safe_path, split_sources, text_lines, warn
 from tasks.ingest.loaders.dicom import encode_image
+from tasks.ingest.loaders.records import filtered, read_table
 from tasks.ingest.loaders.split_files import fallback_note, json_id_splits, split_file_present
 
 TRUE = {"1", "1.0", "true", "yes", "y", "t"}
+# a one-hot cell that is not positive: 0, CheXpert's -1 (uncertain, counted negative by its card) or blank
+FALSE = {"0", "0.0", "-1", "-1.0", "false", "no", "n", "f", "", "nan", "none"}
 YES_NO = {"yes", "no"}
-
-
-def read_table(ctx: LoadContext, rel: str) -> tuple[Path, list[dict]]:
-    """Rows of a CSV / JSON list / JSONL file as dicts of strings; errors name the file."""
-    path = safe_path(ctx, ctx.dataset_dir, rel, ctx.rel(ctx.dataset_dir), field="table")
-    if not path.is_file():
-        raise DataError(ctx.rel(ctx.dataset_dir) + f"/{rel}", "a table file")
-    try:
-        if path.suffix == ".csv":
-            df = pl.read_csv(path, infer_schema=False)
-            # some releases pad header names ("ON\xa0" in RFMiD 2.0); strip unless that makes two names equal
-            stripped = [c.strip() for c in df.columns]
-            if stripped != df.columns and len(set(stripped)) == len(stripped):
-                df = df.rename(dict(zip(df.columns, stripped)))
-            rows = df.to_dicts()
-        elif path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        else:
-            rows = json.loads(path.read_text())
-    except Exception as e:
-        raise DataError(ctx.rel(path), f"a readable table ({type(e).__name__}: {e})") from None
-    if not isinstance(rows, list):
-        raise DataError(ctx.rel(path), "a list of records")
-    return path, rows
-
-
-def _filtered(rows: list[dict], filters: dict[str, str]) -> list[tuple[int, dict]]:
-    return [(i, r) for i, r in enumerate(rows) if all(str(r.get(k)) == v for k, v in filters.items())]
 
 
 def _raw_split(ctx: LoadContext, rec: dict, key: str, rel: str, i: int) -> str:
@@ -119,7 +94,7 @@ def image_file(ctx: LoadContext, name: str, rel: str, i: int, field: str | None,
     if raw.image_suffix and not Path(name).suffix:
         name += raw.image_suffix
     p = safe_path(ctx, _image_base(ctx, split, rel), name, rel, row=i, field=field)
-    return encode_image(p, rel, row=i, field=field), ctx.rel(p)
+    return encode_image(p, rel, row=i, field=field, max_pixels=ctx.max_image_pixels), ctx.rel(p)
 
 
 def _image(ctx: LoadContext, rec: dict, rel: str, i: int, split: str | None = None) -> tuple[tuple, str]:
@@ -133,7 +108,7 @@ def _image(ctx: LoadContext, rec: dict, rel: str, i: int, split: str | None = No
             values[f] = _template_value(rec[f], rel, i, f)
         fld = raw.image_column or "image_template"
         p = safe_path(ctx, ctx.dataset_dir, raw.image_template.format_map(values), rel, row=i, field=fld)
-        return encode_image(p, rel, row=i, field=fld), ctx.rel(p)
+        return encode_image(p, rel, row=i, field=fld, max_pixels=ctx.max_image_pixels), ctx.rel(p)
     name = rec.get(raw.image_column)
     if not nonempty(name):
         raise RowError(rel, "an image file name", row=i, field=raw.image_column)
@@ -146,7 +121,7 @@ def _row_labels(ctx: LoadContext, rec: dict, rel: str, i: int) -> list[str]:
     """Label-set names of one row (possibly none): one-hot columns, or the label column plus extra label columns."""
     raw = ctx.card.raw
     if raw.onehot_columns:
-        return [name for col, name in raw.onehot_columns.items() if str(rec.get(col, "")).strip().lower() in TRUE]
+        return [name for col, name in raw.onehot_columns.items() if _flag(rec.get(col), rel, i, col)]
     v = rec.get(raw.label_column)
     if not nonempty(v):
         labels = []
@@ -162,6 +137,17 @@ def _row_labels(ctx: LoadContext, rec: dict, rel: str, i: int) -> list[str]:
         if nonempty(rec.get(col)):
             labels.append(map_label(ctx, str(rec[col]).strip(), rel, row=i, field=col))
     return labels
+
+
+def _flag(v, rel: str, i: int, col: str) -> bool:
+    """Whether a one-hot cell is positive; a cell that is neither a positive nor a negative flag is a bad row (0.7 is
+    not rounded, a typo is not read as negative)."""
+    t = "" if v is None else str(v).strip().lower()
+    if t in TRUE:
+        return True
+    if t in FALSE:
+        return False
+    raise RowError(rel, f"a 0/1 flag (1, 0, -1 or blank), got {v!r}", row=i, field=col)
 
 
 def finish_labels(ctx: LoadContext, labels: list[str], rel: str, i: int, field: str | None) -> list[str]:
@@ -267,18 +253,19 @@ class _Source:
     rejects: list[Reject] = dataclasses.field(default_factory=list)
 
 
-def _read_list(ctx: LoadContext, rel: str) -> tuple[Path, list[tuple[int, str]]]:
-    """(row number, value) of a split list: split.list_column of a CSV, else one value per non-blank line."""
+def _read_list(ctx: LoadContext, rel: str) -> tuple[Path, list[tuple[int, str, str | None]]]:
+    """(row number, value, problem) of a split list: split.list_column of a CSV, else one value per non-blank line;
+    `problem` says what was expected of an entry that cannot be read, None for a good one."""
     spec = ctx.card.raw.split
     if spec.list_column:
         path, rows = read_table(ctx, rel)
-        require_columns(path, rows[0].keys() if rows else [], [spec.list_column])
-        return path, [(n, str(r.get(spec.list_column) or "").strip()) for n, r in enumerate(rows)]
+        require_columns(path, columns_of(rows), [spec.list_column])
+        return path, [(n, str(r.get(spec.list_column) or "").strip(), r.expected if isinstance(r, BadRecord) else None)
+                      for n, r in enumerate(rows)]
     path = safe_path(ctx, ctx.dataset_dir, rel, ctx.rel(ctx.dataset_dir), field="split.files")
     if not path.is_file():
         raise DataError(ctx.rel(ctx.dataset_dir) + f"/{rel}", "a split list file")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return path, [(n, line.strip()) for n, line in enumerate(lines) if line.strip()]
+    return path, [(n, line.strip(), problem) for n, line, problem in text_lines(path) if line.strip()]
 
 
 def _listed_rows(ctx: LoadContext, path: Path, rows: list[dict]) -> tuple[dict[int, str], list[Reject]]:
@@ -289,7 +276,7 @@ def _listed_rows(ctx: LoadContext, path: Path, rows: list[dict]) -> tuple[dict[i
     if spec.file_content == "ids":
         if not raw.id_column:
             raise DataError(rel, "raw.id_column naming the column the split lists' ids refer to", field="id_column")
-        require_columns(path, rows[0].keys() if rows else [], [raw.id_column])
+        require_columns(path, columns_of(rows), [raw.id_column])
         for n, r in enumerate(rows):
             by_id.setdefault(str(r.get(raw.id_column) or "").strip(), []).append(n)
     list_field = spec.list_column or ("id" if spec.file_content == "ids" else "row index")
@@ -298,8 +285,10 @@ def _listed_rows(ctx: LoadContext, path: Path, rows: list[dict]) -> tuple[dict[i
     for split, f in split_sources(ctx):
         lpath, values = _read_list(ctx, f)
         lrel = ctx.rel(lpath)
-        for n, v in values:
+        for n, v, problem in values:
             try:
+                if problem:
+                    raise RowError(lrel, problem, row=n, field=list_field)
                 if spec.file_content == "ids":
                     idx = by_id.get(v)
                     if not idx:
@@ -318,9 +307,11 @@ def _listed_rows(ctx: LoadContext, path: Path, rows: list[dict]) -> tuple[dict[i
                 rejects.append(Reject(lrel, str(n), e.field, str(e)))
                 continue
             for k in idx:
-                if row_splits.get(k, split) != split:
-                    raise DataError(lrel, f"each row of {rel} in one split only; {v!r} is also listed for "
-                                          f"{row_splits[k]}", row=n, field=list_field)
+                if row_splits.get(k, split) != split:   # the first listing is kept, this one is the bad row
+                    error = RowError(lrel, f"each row of {rel} in one split only, got {v!r} again (its listing for "
+                                           f"{row_splits[k]!r} is kept)", row=n, field=list_field)
+                    rejects.append(Reject(lrel, str(n), list_field, str(error)))
+                    break
                 row_splits[k] = split
     return row_splits, rejects
 
@@ -361,10 +352,10 @@ def load_csv_images(ctx: LoadContext) -> Iterator[dict | Reject]:
     per_file = raw.split.source == "file" and raw.split.file_content == "rows"
     for src in _sources(ctx):
         rel = ctx.rel(src.path)
-        require_columns(src.path, src.rows[0].keys() if src.rows else [], _needed_columns(ctx))
+        require_columns(src.path, columns_of(src.rows), _needed_columns(ctx))
         yield from src.rejects
         units: dict[object, list[tuple[int, dict, str | None]]] = {}
-        for i, rec in _filtered(src.rows, raw.filters):
+        for i, rec in filtered(src.rows, raw.filters):
             split = src.split
             if src.row_splits is not None:
                 split = src.row_splits.get(i)
@@ -376,6 +367,8 @@ def load_csv_images(ctx: LoadContext) -> Iterator[dict | Reject]:
         for unit in units.values():
             i, rec, split = unit[0]
             try:
+                for j, r, _ in unit:   # a record that cannot be read spoils the sample it belongs to
+                    check_record(r, rel, j)
                 if raw.group_by_id and not nonempty(rec.get(raw.id_column)):
                     raise RowError(rel, "an id to group rows on", row=i, field=raw.id_column)
                 sid = str(rec.get(raw.id_column) or i)
@@ -418,25 +411,33 @@ def load_report_table(ctx: LoadContext) -> Iterator[dict | Reject]:
     raw = ctx.card.raw
     path, rows = read_table(ctx, raw.table)
     rel = ctx.rel(path)
-    require_columns(path, rows[0].keys() if rows else [], [raw.id_column, *raw.text_columns])
+    require_columns(path, columns_of(rows), [raw.id_column, *raw.text_columns])
     listed: dict[str, str] | None = None   # id -> split from the split file
     fallback = raw.split.source == "file" and raw.split.fallback == "random" and not split_file_present(ctx)
     if fallback:
         warn(fallback_note(ctx))
     elif raw.split.source == "file":
-        listed, rejects = json_id_splits(ctx, {str(r.get(raw.id_column)) for _, r in _filtered(rows, raw.filters)})
+        listed, rejects = json_id_splits(ctx, {str(r.get(raw.id_column)) for _, r in filtered(rows, raw.filters)})
         yield from rejects
     images: dict[str, dict] = {}
     if raw.join_table:
         jpath, jrows = read_table(ctx, raw.join_table)
-        require_columns(jpath, jrows[0].keys() if jrows else [], [raw.join_on, raw.image_column, *raw.join_filters])
-        for _, j in _filtered(jrows, raw.join_filters):
-            images.setdefault(str(j[raw.join_on]), j)
-    for i, rec in _filtered(rows, raw.filters):
+        require_columns(jpath, columns_of(jrows), [raw.join_on, raw.image_column, *raw.join_filters])
+        jrel = ctx.rel(jpath)
+        for n, j in filtered(jrows, raw.join_filters):
+            try:
+                check_record(j, jrel, n)
+            except RowError as e:
+                yield Reject(jrel, str(n), e.field, str(e))
+                continue
+            images.setdefault(str(j.get(raw.join_on)), j)
+    for i, rec in filtered(rows, raw.filters):
         sid = str(rec.get(raw.id_column))
-        if listed is not None and sid not in listed:   # not in the split file: not part of the standard splits
+        unreadable = isinstance(rec, BadRecord) and not rec.readable   # its id is unknown: always reported
+        if listed is not None and sid not in listed and not unreadable:   # not in the split file: not in the splits
             continue
         try:
+            check_record(rec, rel, i)
             text = _text(rec, raw.text_columns)
             if not text:
                 raise RowError(rel, f"report text in {raw.text_columns}", row=i, field=raw.text_columns[0])
@@ -461,9 +462,10 @@ def load_case_studies(ctx: LoadContext) -> Iterator[dict | Reject]:
     raw = ctx.card.raw
     path, rows = read_table(ctx, raw.table)
     rel = ctx.rel(path)
-    require_columns(path, rows[0].keys() if rows else [], [raw.id_column, raw.image_column, *raw.text_columns])
-    for i, rec in _filtered(rows, raw.filters):
+    require_columns(path, columns_of(rows), [raw.id_column, raw.image_column, *raw.text_columns])
+    for i, rec in filtered(rows, raw.filters):
         try:
+            check_record(rec, rel, i)
             sid = str(rec.get(raw.id_column))
             text = _text(rec, raw.text_columns)
             if not text:

@@ -7,8 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from data_contracts.errors import DataError
-from tasks.ingest.loaders.common import LoadContext, Reject, RowError, require_columns, safe_path, split_sources
-from tasks.ingest.loaders.tables import YES_NO, _answer_type, _filtered, _split_of, _vqa_row, read_table
+from tasks.ingest.loaders.common import LoadContext, Reject, RowError, check_record, columns_of, require_columns, \
+    safe_path, split_sources, text_lines
+from tasks.ingest.loaders.records import filtered, read_table
+from tasks.ingest.loaders.tables import YES_NO, _answer_type, _split_of, _vqa_row
 
 __all__ = ["YES_NO", "_answer_type", "_vqa_row", "load_json", "load_omnimedvqa", "load_pipe_text"]
 
@@ -23,10 +25,11 @@ def load_json(ctx: LoadContext) -> Iterator[dict | Reject]:
     for split, f in sources:
         path, rows = read_table(ctx, f)
         rel = ctx.rel(path)
-        require_columns(path, rows[0].keys() if rows else [],
+        require_columns(path, columns_of(rows),
                         [raw.question_column, raw.answer_column, raw.image_column, *raw.filters])
-        for i, rec in _filtered(rows, raw.filters):
+        for i, rec in filtered(rows, raw.filters):
             try:
+                check_record(rec, rel, i)
                 s = split or _split_of(ctx, rec, str(rec.get(raw.id_column, i)), rel, i)
                 yield _vqa_row(ctx, rec, i, rel, s)
             except RowError as e:
@@ -52,8 +55,7 @@ def load_omnimedvqa(ctx: LoadContext) -> Iterator[dict | Reject]:
                                      *raw.filters])
         for i, rec in enumerate(rows):
             try:
-                if not isinstance(rec, dict):
-                    raise RowError(rel, f"a JSON object, got {type(rec).__name__}", row=i)
+                check_record(rec, rel, i)
                 if not all(str(rec.get(k)) == v for k, v in raw.filters.items()):
                     continue
                 yield _vqa_row(ctx, rec, i, rel, split)
@@ -73,10 +75,12 @@ def load_pipe_text(ctx: LoadContext) -> Iterator[dict | Reject]:
             raise DataError(ctx.rel(ctx.dataset_dir) + f"/{f}", "a VQA-Med text file")
         rel = ctx.rel(path)
         require_columns(path, fields, [raw.id_column, raw.question_column, raw.answer_column])
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        for i, line, problem in text_lines(path):
             if not line.strip():
                 continue
             try:
+                if problem:
+                    raise RowError(rel, problem, row=i)
                 parts = line.split("|")
                 if len(parts) != len(fields):
                     raise RowError(rel, f"{len(fields)} '|'-separated fields {fields}, got {len(parts)}", row=i)
