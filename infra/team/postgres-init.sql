@@ -1,2 +1,3 @@
--- second database for the MLflow tracking store (the Prefect database is created by POSTGRES_DB)
-CREATE DATABASE mlflow OWNER gsco;
+-- the MLflow tracking store's database (the Prefect database, gsco_prefect, is created by POSTGRES_DB); the same
+-- names `python -m infra.team.services up` creates on a local PostgreSQL
+CREATE DATABASE gsco_mlflow OWNER gsco;
