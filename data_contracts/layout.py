@@ -9,7 +9,7 @@
     <out>/models/generalist-base/                   the base generalist (tiny profile: built from the profile; its
                                                     build key beside it, generalist-base.build.json)
     <out>/synthesis/{dgb,des}/                      parts/part-*.parquet, _synthesis.json    (SynthesisFiles)
-    <out>/corpus/                                   shards/part-*.parquet, _corpus.json      (CorpusFiles)
+    <out>/corpus/                                   shards/part-*.parquet, images.parquet, _corpus.json (CorpusFiles)
     <out>/corpus_internvl/                          InternVL's fine-tuning format (images/, *.jsonl, meta.json)
     <out>/corpus_inputs/collaboration.parquet       GSCo-format instruction rows (corpus.collaboration option)
     <out>/finetune/                                 checkpoints, loss curve, adapter/, merged/ (FinetuneFiles)
@@ -52,7 +52,7 @@ class SynthesisFiles:
 
 @dataclass(frozen=True)
 class CorpusFiles:
-    """The instruction corpus: Parquet shards and the manifest (counts, shard digests, cache key)."""
+    """The instruction corpus: Parquet shards, the image index and the manifest (counts, digests, cache key)."""
     dir: Path
 
     @property
@@ -62,6 +62,10 @@ class CorpusFiles:
     @property
     def manifest(self) -> Path:
         return self.dir / "_corpus.json"
+
+    @property
+    def images(self) -> Path:          # content digest of every image of the samples splits the rows refer to
+        return self.dir / "images.parquet"
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,14 @@ from prefect.states import Failed, State
 
 from data_contracts.files import FolderLock, write_json_atomic
 from data_contracts.layout import RunLayout
+import flows.observe  # noqa: F401  (the work's log lines go to the Prefect run log)
 from flows.evaluation import evaluation
 from flows.generalist import base_model, corpus, finetune, synthesis
 from flows.ingest import ingest
 from flows.specialists import index, specialists
 from infra.profiles import Profile, load_profile
 from tasks import lineage, plan
+from tasks.evaluation.report_artifact import artifact_markdown
 from tasks.evaluation.stage import report_context
 from tasks.ingest.settings import TinyBenchmarkSettings
 from tasks.secrets import redact
@@ -43,7 +45,7 @@ def _generalist(prof: Profile, layout: RunLayout, names: list[str], tracking: Tr
     """base -> synthesis -> corpus -> finetune; (the fine-tuning result, {stage: {unit: status}}). `trained`: the
     specialists' result, read by the corpus when it carries collaboration rows."""
     out = str(layout.root)
-    base = base_model(prof.generalist, out, names, tracking)
+    base = base_model.submit(prof.generalist, out, names, tracking).result()
     synth = synthesis(out, names, base, prof.generalist, prof.synthesis, tracking)
     jobs = plan.jobs_by_dataset(trained["jobs"]) if trained else None
     corpus_result = corpus(out, names, synth["results"], prof.corpus, tracking, jobs,
@@ -83,12 +85,21 @@ def _evaluation(prof: Profile, layout: RunLayout, ingested: dict, finetuned: dic
                                                                      "uri": i["uri"], "version": i["version"]}
                                   for i in trained["indexes"]}}
     meddr = {"path": finetuned["merged_path"], "digest": finetuned["merged_digest"]}
-    context = report_context(prof, ingested, trained)
+    context = report_context(prof, ingested, trained, finetuned, tracking)
     evaluated = evaluation(str(layout.root), datasets, meddr, prof.generalist, prof.evaluation, jobs,
                            trained["retriever_jobs"], lineage_inputs, tracking, context)
-    create_markdown_artifact(Path(evaluated["report_md"]).read_text(), key="gsco-benchmark-report",
-                             description=f"GSCo benchmark report ({prof.name})")
+    publish_report(evaluated["report_md"], tracking, prof.name)
     return evaluated, {"evaluation": {**evaluated["predictions_status"], "report": evaluated["status"]}}
+
+
+def publish_report(report_md: str, tracking: Tracking, profile_name: str) -> None:
+    """The report as the run's Prefect artifact: self-contained (images embedded), headed by the MLflow parent run
+    and where to open it."""
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = MlflowClient(tracking.uri).get_run(tracking.parent_run_id).info.experiment_id
+    create_markdown_artifact(artifact_markdown(Path(report_md), tracking.parent_run_id, tracking.uri, experiment_id),
+                             key="gsco-benchmark-report", description=f"GSCo benchmark report ({profile_name})")
 
 
 @flow(name="benchmark")
@@ -129,7 +140,8 @@ def _benchmark(prof: Profile, overrides: list[str], layout: RunLayout, groups, l
     try:
         data = prof.data
         ingested = ingest(str(data_root), str(layout.root), tracking, datasets=data.datasets, policy=data.policy,
-                          policies=data.policies, log_table_artifacts=prof.tracking.log_table_artifacts)
+                          policies=data.policies, log_table_artifacts=prof.tracking.log_table_artifacts,
+                          max_image_pixels=data.max_image_pixels)
         names = [r["dataset"] for r in ingested["results"]]
         units = {"ingest": {r["dataset"]: r["status"] for r in ingested["results"]}}
         result = {"mlflow_run_id": parent, "tracking_uri": uri, "report": None, "report_md": None, "failures": {},

@@ -9,6 +9,7 @@ from pathlib import Path
 from prefect import flow, task
 
 from data_contracts.layout import RunLayout
+from flows.observe import as_state
 from tasks.evaluation import stage
 from tasks.evaluation.settings import EvaluationSettings
 from tasks.generalist.backends import generalist_for
@@ -20,13 +21,15 @@ from tasks.tracking import Tracking
 def evaluate_dataset(dataset: str, out_dir: str, model: dict, generalist: GeneralistSettings,
                      settings: EvaluationSettings, jobs: dict[str, dict], retriever_job: dict | None) -> dict:
     g = generalist_for(model, generalist)
-    return {**stage.predict_dataset(dataset, RunLayout(Path(out_dir)), g, settings, jobs, retriever_job),
-            "generalist": g.id}
+    result = {**stage.predict_dataset(dataset, RunLayout(Path(out_dir)), g, settings, jobs, retriever_job),
+              "generalist": g.id}
+    return as_state(result, cached=result["status"] == "cached")
 
 
 @task(name="score-and-report")
 def score(preds: list[dict], out_dir: str, settings: EvaluationSettings, context: dict) -> dict:
-    return stage.score_and_report(preds, RunLayout(Path(out_dir)), settings, context)
+    result = stage.score_and_report(preds, RunLayout(Path(out_dir)), settings, context)
+    return as_state(result, cached=result["status"] == "cached")
 
 
 @task(name="record-evaluation")
@@ -43,7 +46,8 @@ def evaluation(out_dir: str, datasets: list[str], model: dict, generalist: Gener
     `model`: the merged MedDr {"path", "digest"}; `jobs`: dataset -> arch -> specialist job summary;
     `retriever_jobs`: dataset -> the job whose RAD table is searched (chosen on validation; absent: no RAD arms
     there); `context`: what the report says beside the metrics (tasks/evaluation/stage.report_context)."""
-    preds = [evaluate_dataset(ds, out_dir, model, generalist, settings, jobs.get(ds, {}),
-                              retriever_jobs.get(ds)) for ds in datasets]
-    result = score(preds, out_dir, settings, context or {})
+    # (submit + result: a task that returns its Cached state gives its data back this way, not the state)
+    preds = [evaluate_dataset.submit(ds, out_dir, model, generalist, settings, jobs.get(ds, {}),
+                                     retriever_jobs.get(ds)).result() for ds in datasets]
+    result = score.submit(preds, out_dir, settings, context or {}).result()
     return {**result, "run_id": record(result, lineage_inputs, tracking)}

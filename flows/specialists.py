@@ -4,14 +4,13 @@
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.concurrency.sync import concurrency
 from prefect.futures import wait
 
 from data_contracts.layout import RunLayout
+from flows.observe import as_state, device_slots
 from tasks.rad.settings import RadSettings
 from tasks.rad.stage import build_rad_index, record_indexes
 from tasks.specialists.settings import SpecialistsSettings
@@ -21,19 +20,11 @@ from tasks.tracking import Tracking, ensure_experiment
 
 @task(name="specialist-job", task_run_name="specialist-{spec[dataset]}-{spec[arch]}")
 def specialist_job(spec: dict, settings: SpecialistsSettings, out_dir: str, tracking: Tracking) -> dict:
+    # Prefect's tag limit (flows/observe.device_slots) lets a job start Running only once a slot is free (queued jobs
+    # wait Pending); the lock-file pool then pins it to a device
     pool = DevicePool(RunLayout(Path(out_dir)).device_locks, settings.devices, settings.cpu_slots)
-    limit = settings.concurrency_limit
-    # the Prefect limit caps running jobs across flow runs sharing a pool; the lock-file pool pins each to a device
-    with concurrency(limit, occupy=1, strict=True) if limit else contextlib.nullcontext():
-        return run_and_record(spec, pool, settings.job_isolation, tracking)
-
-
-def ensure_concurrency_limit(name: str, slots: int) -> None:
-    """Create or resize the Prefect global concurrency limit that caps running jobs at `slots` (GPUs)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name, slots)
+    summary = run_and_record(spec, pool, settings.job_isolation, tracking)
+    return as_state(summary, cached=summary["status"] == "skipped")
 
 
 @flow(name="specialists")
@@ -44,9 +35,8 @@ def specialists(out_dir: str, datasets: list[str], settings: SpecialistsSettings
     # create the MLflow store before any job runs: its schema migration is not atomic, so it must not be racing
     # job threads (or be cut short by a killed run)
     ensure_experiment(tracking.uri, tracking.experiment, Path(tracking.out_dir))
-    if settings.concurrency_limit:
-        ensure_concurrency_limit(settings.concurrency_limit, settings.slots)
-    job = specialist_job.with_options(retries=settings.retries, retry_delay_seconds=2)
+    slots = device_slots(settings.concurrency_limit, str(RunLayout(Path(out_dir)).device_locks), settings.slots)
+    job = specialist_job.with_options(retries=settings.retries, retry_delay_seconds=2, tags=[slots])
     specs = job_specs(RunLayout(Path(out_dir)), datasets, settings)
     futures = [(s, job.submit(s, settings, out_dir, tracking)) for s in specs]
     wait([f for _, f in futures])
@@ -66,7 +56,8 @@ def specialists(out_dir: str, datasets: list[str], settings: SpecialistsSettings
 
 @task(name="rad-index", task_run_name="rad-index-{job[dataset]}-{job[arch]}")
 def rad_index(job: dict, out_dir: str, settings: RadSettings) -> dict:
-    return build_rad_index(job, RunLayout(Path(out_dir)), settings)
+    info = build_rad_index(job, RunLayout(Path(out_dir)), settings)
+    return as_state(info, cached=info["reused"])
 
 
 @flow(name="index")

@@ -130,7 +130,8 @@ def recipe_config(args):
     """The run config the deepspeed arm resolves: SPEC §5 values, the benchmark's batch and length."""
     from tasks.generalist.finetune.config import FinetuneConfig
 
-    return FinetuneConfig(model_path="<random-init>", data_dir="<synthetic>", output_dir="<none>",
+    return FinetuneConfig(model_path="<random-init>", data_dir="<synthetic>", tables_dir="<synthetic>",
+                          output_dir="<none>",
                           deepspeed_config=str(args.ds_config), per_device_batch_size=args.batch,
                           gradient_accumulation_steps=1, max_length=args.seq, bf16=args.dtype == "bfloat16",
                           gradient_checkpointing=True)
@@ -303,7 +304,11 @@ def arm_tiny_script(args) -> dict:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from data_contracts.instructions import INSTRUCTIONS_SCHEMA
+    import polars as pl
+
+    from data_contracts.instructions import INSTRUCTIONS_SCHEMA, image_digest
+    from data_contracts.io import DatasetWriter
+    from data_contracts.samples import SAMPLES_SCHEMA
     from infra.profiles import load_profile
     from tasks.generalist.tiny_internvl import build_tiny_internvl
 
@@ -312,18 +317,27 @@ def arm_tiny_script(args) -> dict:
                    "image. The possible diagnoses are: " + ", ".join(labels) + ".")
     with tempfile.TemporaryDirectory(prefix="gsco-ft-bench-") as tmp:
         root = Path(tmp)
-        rows = []
+        rows, samples = [], []
         for i in range(64):
             b = io.BytesIO()
             Image.new("RGB", (32, 32), ((i * 53) % 256, (i * 97) % 256, (i * 31) % 256)).save(b, "PNG")
-            rows.append({"sample_id": f"bench:{i}", "image": b.getvalue(), "instruction": instruction,
+            samples.append({"sample_id": f"bench:{i}", "dataset": "bench", "split": "train", "task_kind": "diagnosis",
+                            "task_type": "multiclass", "modality": "chest x-ray", "image": b.getvalue(),
+                            "image_format": "PNG", "image_width": 32, "image_height": 32, "labels": [labels[i % 4]],
+                            "label_set": labels, "question": None, "answer": None, "answer_type": None, "text": None,
+                            "source_path": f"{i}.png"})
+            rows.append({"sample_id": f"bench:{i}", "image_sample_id": f"bench:{i}",
+                         "image_digest": image_digest(b.getvalue()), "instruction": instruction,
                          "answer": labels[i % 4], "source_dataset": "bench", "task_kind": "diagnosis",
                          "split": "train"})
+        with DatasetWriter(root / "tables", "bench") as w:   # the samples table the corpus rows refer to
+            w.write_split("train", pl.from_arrow(pa.Table.from_pylist(samples, schema=SAMPLES_SCHEMA)))
         (root / "corpus").mkdir()
         pq.write_table(pa.Table.from_pylist(rows, schema=INSTRUCTIONS_SCHEMA), root / "corpus" / "part-0.parquet")
         model = build_tiny_internvl(root / "model", [instruction, *labels],
                                     load_profile("tiny").generalist.tiny_model)
-        cfg = {"model_path": str(model), "data_dir": str(root / "corpus"), "output_dir": str(root / "out"),
+        cfg = {"model_path": str(model), "data_dir": str(root / "corpus"), "tables_dir": str(root / "tables"),
+               "output_dir": str(root / "out"),
                "deepspeed_config": str(REPO / "infra" / "deepspeed" / "zero3_cpu.json"), "lora_r": 16,
                "lora_alpha": 32, "max_steps": args.warmup + args.steps, "per_device_batch_size": args.batch,
                "gradient_accumulation_steps": 1, "learning_rate": 1e-3, "max_length": 512, "bf16": False,

@@ -6,6 +6,7 @@ by the caller); prints the job's result as one JSON line.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -17,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m recipes.specialist_job JOB.json", file=sys.stderr)
         return 2
+    # the job's log lines (epochs, warning summaries) on stderr, read line by line by the stage that started it
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s", force=True)
     print(json.dumps(run_job(json.loads(Path(args[0]).read_text()))))
     return 0
 

@@ -28,7 +28,7 @@ SECRET_MARKERS = ("key", "token", "secret", "password", "credential")
 PARAM_MAX_CHARS = 6000  # MLflow's limit on a param value
 # MLflow's fluent API keeps one tracking URI and experiment per process: tasks running in threads (specialist jobs
 # on several slots) would log into each other's runs, so a run's logging section holds this lock.
-_RUN_LOCK = threading.RLock()
+RUN_LOCK = threading.RLock()
 
 
 def tracking_uri(layout: RunLayout, configured: str | None) -> str:
@@ -41,7 +41,7 @@ def tracking_uri(layout: RunLayout, configured: str | None) -> str:
 
 def ensure_experiment(uri: str, name: str, out_dir: Path) -> str:
     """The experiment id of `name`, creating it (with a local artifact root for SQLite stores) if needed."""
-    with _RUN_LOCK:
+    with RUN_LOCK:
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(name)
         if exp is not None:
@@ -92,7 +92,7 @@ def log_params(params: dict) -> None:
 def start_run(uri: str, experiment: str, run_name: str, out_dir: Path, tags: dict | None = None,
               parent_run_id: str | None = None):
     """A run in `experiment` on the store `uri`; restores the previous tracking URI afterwards."""
-    with _RUN_LOCK:
+    with RUN_LOCK:
         previous = mlflow.get_tracking_uri() if os.environ.get("MLFLOW_TRACKING_URI") else None
         mlflow.set_tracking_uri(uri)
         exp_id = ensure_experiment(uri, experiment, out_dir)

@@ -22,8 +22,10 @@ import torch
 from PIL import Image
 
 from data_contracts.errors import ContractError
-from data_contracts.instructions import INSTRUCTIONS_SCHEMA, validate_instructions
+from data_contracts.instructions import INSTRUCTIONS_SCHEMA, image_digest, validate_instructions
+from data_contracts.io import DatasetWriter
 from data_contracts.layout import FinetuneFiles
+from data_contracts.samples import SAMPLES_SCHEMA
 from infra.profiles import load_profile
 from tasks.generalist.finetune.adapter import check_adapter
 from tasks.generalist.finetune.config import FinetuneConfig, resolve_deepspeed_config
@@ -59,11 +61,29 @@ def _rows(n_train=24, n_val=8) -> list[dict]:
 
 
 def _write_shards(rows: list[dict], folder: Path, per_shard: int = 16) -> Path:
+    """`folder`/tables: the rows' images as a samples table; `folder`/shards: the rows as instruction shards that
+    refer to them (what the corpus stage writes). Returns `folder`/shards (a run's data_dir)."""
+    with DatasetWriter(folder / "tables", "tinycxr") as w:
+        for split in ("train", "val"):
+            samples = [{"sample_id": r["sample_id"], "dataset": "tinycxr", "split": split, "task_kind": "diagnosis",
+                        "task_type": "multiclass", "modality": "chest x-ray", "image": r["image"],
+                        "image_format": "PNG", "image_width": 24, "image_height": 24,
+                        "labels": [r["answer"] if r["answer"] in LABELS else LABELS[0]],
+                        "label_set": LABELS, "question": None, "answer": None, "answer_type": None, "text": None,
+                        "source_path": f"{r['sample_id']}.png"} for r in rows if r["split"] == split]
+            if samples:
+                w.write_split(split, pl.from_arrow(pa.Table.from_pylist(samples, schema=SAMPLES_SCHEMA)))
+    refs = [{**{k: v for k, v in r.items() if k != "image"}, "image_sample_id": r["sample_id"],
+             "image_digest": image_digest(r["image"])} for r in rows]
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     for s in range(0, len(rows), per_shard):
-        pq.write_table(pa.Table.from_pylist(rows[s:s + per_shard], schema=INSTRUCTIONS_SCHEMA),
+        pq.write_table(pa.Table.from_pylist(refs[s:s + per_shard], schema=INSTRUCTIONS_SCHEMA),
                        folder / "shards" / f"part-{s // per_shard:05d}.parquet", row_group_size=8)
-    return folder
+    return folder / "shards"
+
+
+def _data(rows: list[dict], folder: Path) -> InstructionData:
+    return InstructionData(_write_shards(rows, folder), folder / "tables")
 
 
 @pytest.fixture(scope="session")
@@ -71,12 +91,13 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
     model = build_tiny_internvl(root / "tiny-internvl", [INSTRUCTION, *LABELS],
                                 load_profile("tiny").generalist.tiny_model)
-    data = _write_shards(_rows(), root / "corpus")
-    return {"root": root, "model": model, "data": data}
+    _write_shards(_rows(), root / "corpus")
+    return {"root": root, "model": model, "data": root / "corpus", "tables": root / "corpus" / "tables"}
 
 
 def _config(tiny, out: Path, **kw) -> FinetuneConfig:
-    d = dict(model_path=str(tiny["model"]), data_dir=str(tiny["data"]), output_dir=str(out),
+    d = dict(model_path=str(tiny["model"]), data_dir=str(tiny["data"] / "shards"), tables_dir=str(tiny["tables"]),
+             output_dir=str(out),
              deepspeed_config=str(REPO / "infra" / "deepspeed" / "zero3_cpu.json"), lora_r=8, lora_alpha=16,
              lora_dropout=0.0, max_steps=24, per_device_batch_size=4, gradient_accumulation_steps=1,
              learning_rate=5e-3, weight_decay=0.0, warmup_ratio=0.1, max_length=128, bf16=False,
@@ -92,7 +113,7 @@ def test_config_and_deepspeed_config_resolution(tiny, tmp_path):
         FinetuneConfig.model_validate({**cfg.model_dump(), "lora_rank": 4})
     with pytest.raises(ValueError, match=r"data_dir\n.*Field required"):
         FinetuneConfig.model_validate({"model_path": "m", "output_dir": "o"})
-    full = FinetuneConfig(model_path="m", data_dir="d", output_dir="o")  # SPEC §5 recipe as defaults
+    full = FinetuneConfig(model_path="m", data_dir="d", tables_dir="t", output_dir="o")  # SPEC §5 recipe
     assert (full.lora_r, full.lora_alpha, full.lora_dropout, full.learning_rate, full.weight_decay,
             full.warmup_ratio, full.max_length, full.num_epochs, full.bf16, full.gradient_checkpointing) == \
         (16, 32, 0.05, 1e-5, 0.05, 0.03, 2048, 2.0, True, True)
@@ -156,7 +177,7 @@ def test_masked_answer_fails_naming_the_sample(tiny, tmp_path):
     assert sum(x != IGNORE_INDEX for x in labels) == 1
     # a planted long instruction in a Parquet corpus is found by the pre-training check, by sample id
     rows[5] = {**rows[5], "instruction": INSTRUCTION + " Consider also: " + "nodule, " * 40}
-    data = InstructionData(_write_shards(rows, tmp_path / "corpus"))
+    data = _data(rows, tmp_path / "corpus")
     with pytest.raises(AnswerMaskedError, match="tinycxr:005"):
         SampleEncoder(gen.processor, max_length=n_prompt + 20).check_all(data, data.indices("train"))
 
@@ -166,7 +187,8 @@ def test_run_fails_before_training_on_a_masked_answer(tiny, tmp_path, monkeypatc
         monkeypatch.setenv(k, v)
     rows = _rows(8, 0)
     rows[6] = {**rows[6], "instruction": INSTRUCTION + " Consider also: " + "nodule, " * 60}
-    cfg = _config(tiny, tmp_path / "out", data_dir=str(_write_shards(rows, tmp_path / "corpus")), max_length=100)
+    cfg = _config(tiny, tmp_path / "out", data_dir=str(_write_shards(rows, tmp_path / "corpus")),
+                  tables_dir=str(tmp_path / "corpus" / "tables"), max_length=100)
     with pytest.raises(AnswerMaskedError, match="sample tinycxr:006: answer is masked away"):
         train(cfg)
     assert not (tmp_path / "out" / "loss.jsonl").exists()  # nothing trained, nothing written
@@ -177,12 +199,49 @@ def test_corpus_contract_rejects_bad_rows(tmp_path):
     rows[2] = {**rows[2], "answer": "  "}
     rows[3] = {**rows[3], "split": "test"}
     with pytest.raises(ContractError) as e:
-        InstructionData(_write_shards(rows, tmp_path / "c1"))
+        _data(rows, tmp_path / "c1")
     assert "tinycxr:002" in str(e.value) and "'answer'" in str(e.value) and "tinycxr:003" in str(e.value)
-    with pytest.raises(ContractError, match="field 'image': expected PNG or JPEG"):
-        validate_instructions(pl.DataFrame([{**_rows(1, 0)[0], "image": b"GIF89a"}]), "mem")
+    good = {**{k: v for k, v in _rows(1, 0)[0].items() if k != "image"}, "image_sample_id": "tinycxr:000",
+            "image_digest": "0" * 32}
+    with pytest.raises(ContractError, match="sample tinycxr:000\\): field 'image_digest': expected a 32-digit"):
+        validate_instructions(pl.DataFrame([{**good, "image_digest": "ABC"}]), "mem")
     with pytest.raises(FileNotFoundError, match="no instruction Parquet shards"):
-        InstructionData(tmp_path / "empty")
+        InstructionData(tmp_path / "empty", tmp_path / "c1" / "tables")
+    # a corpus written before rows referred to their images (schema version 1, bytes inline) is refused, named
+    (tmp_path / "v1").mkdir()
+    pq.write_table(pa.Table.from_pylist([{**_rows(1, 0)[0]}]), tmp_path / "v1" / "part-00000.parquet")
+    with pytest.raises(ContractError, match=r"part-00000.parquet: instructions shard lacks column\(s\) "
+                                            r"\['image_sample_id', 'image_digest'\] \(it holds image bytes inline"):
+        InstructionData(tmp_path / "v1", tmp_path / "c1" / "tables")
+
+
+def test_image_references_resolve_from_the_samples_tables(tmp_path):
+    """Each row's image comes from the samples table it names, byte for byte; a reference to a sample that is not
+    there fails before training, and an image changed since the corpus was built fails when read, naming the row."""
+    rows = _rows(8, 0)
+    data = _data(rows, tmp_path / "c")
+    assert [data.image(i) for i in range(len(data))] == [r["image"] for r in rows]
+    assert len(data.images.files) == 1   # one samples shard, located once
+
+    shards = tmp_path / "c" / "shards"
+    t = pq.read_table(shards / "part-00000.parquet")
+    ids = t.column("image_sample_id").to_pylist()
+    ids[3] = "tinycxr:999"
+    pq.write_table(t.set_column(1, "image_sample_id", pa.array(ids)), shards / "part-00000.parquet")
+    with pytest.raises(ContractError, match=r"row 3 \(sample tinycxr:003\): field 'image_sample_id': expected a "
+                                            r"sample of .*tinycxr/train, got 'tinycxr:999'"):
+        InstructionData(shards, tmp_path / "c" / "tables")
+
+    # the samples table re-ingested with another image for tinycxr:002: the old corpus no longer matches it
+    changed = [dict(r) for r in rows]
+    changed[2]["image"] = _png((1, 2, 3))
+    _write_shards(changed, tmp_path / "d")
+    stale = InstructionData(_write_shards(rows, tmp_path / "e"), tmp_path / "d" / "tables")
+    assert stale.image(1) == rows[1]["image"]
+    with pytest.raises(ContractError, match=r"sample tinycxr:002: its image at .*part-00000.parquet row 2 has digest "
+                                            r"[0-9a-f]{32}, the corpus recorded [0-9a-f]{32}: the samples table "
+                                            r"changed after the corpus was built"):
+        stale.image(2)
 
 
 def _launch(cfg: FinetuneConfig, path: Path) -> subprocess.CompletedProcess:
@@ -251,6 +310,61 @@ def test_killed_run_resumes_lowers_loss_and_merges(tiny, tmp_path):
     assert torch.allclose(merged_logits, peft_logits, atol=1e-4)
     assert not torch.allclose(merged_logits, base_logits, atol=1e-2)
     shutil.rmtree(out / "checkpoints")
+
+
+# Recorded with the code before corpus rows referred to their images (commit ea3d4e9, image bytes inline in the
+# corpus), on the same inputs and by the same steps as the test below, on the 2-core CPU machine this repository is
+# developed on: the rows the fine-tuning loader yields, in order (text and image bytes), and the per-step losses.
+BEFORE_CONTENT = "b0758ee0e6e5ee4cbc8a16cd22b34d7a9ec8ec5301e4525a2bbc209f0d6ac8bd"
+BEFORE_LOSSES = [9.122243881225586, 8.828700065612793, 8.484674453735352, 7.931819438934326, 7.590527534484863,
+                 7.34913969039917]
+
+
+def test_the_corpus_by_reference_trains_the_same_adapter_as_before(tiny_tables, tiny_generalist_dir, tmp_path):
+    """The tiny corpus (every source kind: CLS/VQA/MRG rows, DES outputs, collaboration rows, 6 duplicates among
+    them) built by reference feeds fine-tuning exactly the rows, images and order the inline corpus did, so six LoRA
+    steps give the same losses."""
+    import hashlib
+
+    from data_contracts.io import read_samples
+    from data_contracts.layout import CorpusFiles, SynthesisFiles
+    from tasks.generalist.collaboration import collaboration_rows
+    from tasks.generalist.corpus import assemble_corpus
+    from tasks.generalist.stage import corpus_sources
+    from tasks.generalist.synthesis import synthesize
+    from tasks.ingest.tiny_benchmark import TINY_DATASETS
+    from tests.test_synthesis import SETTINGS, EchoCase
+
+    des = synthesize("des", read_samples(tiny_tables, "openi_cases", "train"), EchoCase(), SETTINGS,
+                     SynthesisFiles(tmp_path / "synthesis" / "des"), batch_size=16)
+    ham = read_samples(tiny_tables, "ham10000", "train").head(6)
+    refs = {s: ["Melanoma"] for s in ham["sample_id"].to_list()}
+    collaboration_rows(ham, refs, refs, ["MedDr", "MedDr+MoED", "MedDr+RAD", "GSCo"], per_sample="rotate") \
+        .write_parquet(tmp_path / "collab.parquet")
+    res = assemble_corpus(corpus_sources(tiny_tables, list(TINY_DATASETS), in_domain_train=True),
+                          {"des": (tmp_path / "synthesis" / "des", des.digest)}, CorpusFiles(tmp_path / "corpus"),
+                          rows_per_shard=100, cls_prompt="evaluation",
+                          extra={"collaboration": (tmp_path / "collab.parquet", "x")})
+    assert (res.rows, res.duplicates_removed) == (496, 6)
+    data = InstructionData(tmp_path / "corpus" / "shards", tiny_tables)
+    h = hashlib.sha256()
+    for i in range(len(data)):
+        t = data.text(i)
+        for c in ("sample_id", "instruction", "answer", "source_dataset", "task_kind", "split"):
+            h.update(t[c].encode() + b"\0")
+        h.update(hashlib.sha256(data.image(i)).digest())
+    assert h.hexdigest() == BEFORE_CONTENT
+
+    cfg = FinetuneConfig(model_path=str(tiny_generalist_dir), data_dir=str(tmp_path / "corpus" / "shards"),
+                         tables_dir=str(tiny_tables), output_dir=str(tmp_path / "ft"),
+                         deepspeed_config=str(REPO / "infra" / "deepspeed" / "zero3_cpu.json"), lora_r=8,
+                         lora_alpha=16, lora_dropout=0.0, max_steps=6, per_device_batch_size=4,
+                         gradient_accumulation_steps=1, learning_rate=5e-3, weight_decay=0.0, warmup_ratio=0.1,
+                         max_length=1024, bf16=False, gradient_checkpointing=False, save_steps=100, seed=0,
+                         eval_max_samples=4, merge=False)
+    done = _launch(cfg, tmp_path / "run.json")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert [r["loss"] for r in _curve(tmp_path / "ft")] == pytest.approx(BEFORE_LOSSES, rel=1e-6)
 
 
 def _processes_mentioning(text: str) -> list[int]:

@@ -40,6 +40,7 @@ from tasks.evaluation.report_tables import (ABLATION_METHODS, AVERAGE, BASELINE,
                                             complexity_table, dataset_info, diagnosis_datasets, fig4_ranking,
                                             fmt_rank, format_estimate, format_p, grouped_metrics, headline_rows,
                                             headline_scores, is_ranked_method, ordered_datasets, ordered_methods,
+                                            provenance_blocks,
                                             seen_departures, specialist_vs_gsco, validated)
 from tasks.evaluation.settings import PAPER_A7_DATASETS
 
@@ -340,6 +341,9 @@ def _to_markdown(blocks: list[tuple]) -> str:
             out.append(md_escape(b[1]))
         elif kind == "ul":
             out.append("\n".join("- " + md_escape(t) for t in b[1]))
+        elif kind == "kv":
+            out.append("\n".join(f"- {md_escape(k)}: " + (f"[{md_escape(v)}]({url})" if url else f"`{v}`")
+                                 for k, v, url in b[1]))
         elif kind == "table":
             _, header, rows = b
             lines = ["| " + " | ".join(md_escape(h) for h in header) + " |",
@@ -373,6 +377,10 @@ def _to_html(blocks: list[tuple], title: str, images: Mapping[str, bytes]) -> st
             out.append(f"<p>{e(b[1])}</p>")
         elif kind == "ul":
             out.append("<ul>" + "".join(f"<li>{e(t)}</li>" for t in b[1]) + "</ul>")
+        elif kind == "kv":
+            out.append('<ul class="meta">' + "".join(
+                f"<li>{e(k)}: " + (f'<a href="{e(url)}">{e(v)}</a>' if url else f"<code>{e(v)}</code>") + "</li>"
+                for k, v, url in b[1]) + "</ul>")
         elif kind == "table":
             _, header, rows = b
             out.append("<table><thead><tr>" + "".join(f'<th scope="col">{e(h)}</th>' for h in header)
@@ -431,7 +439,7 @@ def _per_dataset_section(df: pl.DataFrame, methods: list[str], notes: dict) -> S
 def render_report(metrics: pl.DataFrame, out_dir: Path, title: str, notes: dict | None = None, *,
                   generated_at: datetime | bool = True, a7_datasets: list[str] | None = None,
                   specialists: list[dict] | None = None, departures: list[str] | None = None,
-                  n_boot: int | None = None) -> dict[str, Path]:
+                  n_boot: int | None = None, provenance: dict | None = None) -> dict[str, Path]:
     """{file name: path} of report.md, report.html (plots inlined) and the PNG plots written under `out_dir`.
 
     `notes` keys: (dataset, method, metric) or (dataset, metric) give the reason a metric is absent there (and add the
@@ -442,7 +450,9 @@ def render_report(metrics: pl.DataFrame, out_dir: Path, title: str, notes: dict 
     dataset, params_m, gmacs, train_images_per_s} (None: no Table A12 section). `departures`: the caller's list of
     where the run departs from the paper and why; the report adds what it sees itself (A7 datasets not evaluated,
     datasets left out of the ranking, metrics not computed, parse-failure rates above 10%). `n_boot`: the bootstrap
-    resamples behind the CIs, stated in the report (None: not stated).
+    resamples behind the CIs, stated in the report (None: not stated). `provenance`: what the numbers rest on, the
+    report's header ({"fields": [(label, value, link or None)], "tables": [(title, header, rows of text)]}: the run
+    that wrote it, commit, date, input digests; tasks/evaluation/stage.provenance builds it).
     """
     df = validated(metrics)
     notes = checked_notes(notes)
@@ -457,7 +467,7 @@ def render_report(metrics: pl.DataFrame, out_dir: Path, title: str, notes: dict 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     datasets, methods = ordered_datasets(df), ordered_methods(df)
-    head: list[tuple] = [("h", 1, title)]
+    head: list[tuple] = [("h", 1, title), *provenance_blocks(provenance)]
     if generated_at is not False:
         stamp = datetime.now(timezone.utc) if generated_at is True else generated_at
         head.append(("p", f"Generated at {stamp.isoformat(timespec='seconds')}."))

@@ -398,3 +398,16 @@ def fmt_rank(r: float | None) -> str:
     if r is None:
         return MISSING
     return f"{r:.0f}" if float(r).is_integer() else f"{r:.2f}".rstrip("0")
+
+
+def provenance_blocks(provenance: dict | None) -> list[tuple]:
+    """The report's header blocks naming what its numbers rest on: ("kv", fields), then one titled table per input
+    kind (render_report's `provenance`; tasks/evaluation/stage.provenance builds it)."""
+    if not provenance:
+        return []
+    fields = [(str(k), str(v), u) for k, v, u in provenance.get("fields", [])]
+    blocks: list[tuple] = [("h", 2, "Provenance"), ("kv", fields)]
+    for title, header, rows in provenance.get("tables", []):
+        if rows:
+            blocks += [("p", title), ("table", list(header), [[(str(c), False) for c in row] for row in rows])]
+    return blocks

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import polars as pl
 import pyarrow as pa
 
-from data_contracts.instructions import INSTRUCTIONS_SCHEMA
+from data_contracts.instructions import INSTRUCTIONS_SCHEMA, image_digest
 from tasks import prompts
 
 # arm -> (shows MoED, shows RAD), the ablation arms of Table A7 ("MedDr": the plain diagnosis prompt, for the sets
@@ -38,14 +38,15 @@ def sample_arms(arms: Sequence[str], index: int, per_sample: str) -> list[str]:
 def collaboration_rows(samples: pl.DataFrame, moed: Mapping[str, Sequence[str]], rad: Mapping[str, Sequence[str]],
                        arms: Sequence[str], paraphrase: int = 0, per_sample: str = "all") -> pl.DataFrame:
     """One instruction row per (sample, arm): the arm's Fig. A4 prompt with the sample's references, answered with
-    its true labels. `samples`: train/val diagnosis rows (sample_id, dataset, split, image, modality, label_set,
-    labels, task_type); `moed` / `rad`: sample id -> reference label names (every sample must have both it needs)."""
+    its true labels, referring to the sample's own image. `samples`: train/val diagnosis rows (sample_id, dataset,
+    split, image, modality, label_set, labels, task_type); `moed` / `rad`: sample id -> reference label names
+    (every sample must have both it needs)."""
     rows = []
     for index, r in enumerate(samples.iter_rows(named=True)):
         if r["split"] not in ("train", "val"):
             raise ValueError(f"{r['sample_id']}: collaboration rows come from train/val samples only, got "
                              f"split {r['split']!r}")
-        sid = r["sample_id"]
+        sid, digest = r["sample_id"], image_digest(r["image"])
         for arm in sample_arms(arms, index, per_sample):
             if arm not in ARM_REFERENCES:
                 raise ValueError(f"collaboration arm {arm!r}: expected one of {list(ARM_REFERENCES)}")
@@ -55,7 +56,7 @@ def collaboration_rows(samples: pl.DataFrame, moed: Mapping[str, Sequence[str]],
             text = prompts.diagnosis_prompt(r["modality"], r["label_set"], r["task_type"] == "multilabel",
                                             rad=list(rad[sid]) if use_rad else None,
                                             moed=list(moed[sid]) if use_moed else None, paraphrase=paraphrase)
-            rows.append({"sample_id": f"collaboration:{arm}:{sid}", "image": r["image"], "instruction": text,
-                         "answer": prompts.OPTION_SEP.join(r["labels"]), "source_dataset": r["dataset"],
-                         "task_kind": "collaboration", "split": r["split"]})
+            rows.append({"sample_id": f"collaboration:{arm}:{sid}", "image_sample_id": sid, "image_digest": digest,
+                         "instruction": text, "answer": prompts.OPTION_SEP.join(r["labels"]),
+                         "source_dataset": r["dataset"], "task_kind": "collaboration", "split": r["split"]})
     return pl.from_arrow(pa.Table.from_pylist(rows, schema=INSTRUCTIONS_SCHEMA))

@@ -32,11 +32,14 @@ from tasks.generalist.collaboration import collaboration_rows
 from tasks.generalist.corpus import SampleSource, assemble_corpus, export_internvl
 from tasks.generalist.synthesis import synthesize
 from tasks.generalist.settings import (CollaborationSettings, CorpusSettings, FinetuneSettings, GeneralistSettings,
-                                       SynthesisKindSettings)
+                                       GenerationSettings, SynthesisKindSettings)
+from tasks.logs import cache_hit, follow_lines, part_logger
+
+log = part_logger("generalist")
 
 BASE_NAME, ADAPTER_NAME, MERGED_NAME = "generalist-base", "meddr-adapter", "meddr-merged"
 FINETUNE_CODE = ("tasks.generalist.finetune", "tasks.generalist.chat", "recipes.finetune",
-                 "data_contracts.instructions")
+                 "data_contracts.instructions", "data_contracts.image_refs")
 
 
 # ------------------------------------------------------------------------------------------------------ base model
@@ -79,6 +82,8 @@ def prepare_base(settings: GeneralistSettings, layout: RunLayout, datasets: list
         build_tiny_internvl(path, texts, settings.tiny_model)
         write_json_atomic(marker, {"key": key})
         status = "built"
+    else:
+        cache_hit(log, "generalist-base", "tiny-internvl", key)
     return {"status": status, "path": str(path), "digest": weights_fingerprint(path), "name": "tiny-internvl"}
 
 
@@ -123,6 +128,10 @@ def run_synthesis(kind: str, layout: RunLayout, datasets: list[str], generalist,
         return {"kind": kind, "status": "empty", "rows": 0, "inputs": []}
     res = synthesize(kind, src, generalist, settings.generation, layout.synthesis(kind),
                                batch_size=settings.batch_size)
+    if res.status == "cached":
+        cache_hit(log, "synthesis", kind, res.digest)
+    else:
+        log.info("synthesis %s: %d rows (%d generated)", kind, res.rows, res.generated)
     inputs = sorted({(ds, sp) for ds, sp in zip(src["dataset"].to_list(), src["split"].to_list())})
     digests = {ds: split_digests(layout.tables, ds) for ds, _ in inputs}
     return {**res.to_dict(), "inputs": [[ds, sp, digests[ds][sp]] for ds, sp in inputs]}
@@ -249,10 +258,14 @@ def build_corpus(layout: RunLayout, datasets: list[str], synth: list[dict], sett
         extra = collaboration_table(layout, collab, settings.collaboration, jobs or {}, retriever_jobs or {})
     res = assemble_corpus(sources, synth_dirs, layout.corpus, rows_per_shard=settings.rows_per_shard,
                           cls_prompt=settings.cls_prompt, extra=extra)
+    if res.status == "cached":
+        cache_hit(log, "corpus", "corpus", res.digest)
+    else:
+        log.info("corpus: %d rows in %s, %d duplicates removed", res.rows, layout.corpus.dir, res.duplicates_removed)
     out = {**res.to_dict(), "sources": [[s.dataset, s.split, s.digest] for s in sources],
            "synthesis": {k: {"digest": d, "path": str(p)} for k, (p, d) in synth_dirs.items()}}
     if settings.export_internvl:
-        out["internvl_meta"] = str(export_internvl(layout.corpus, layout.corpus_internvl))
+        out["internvl_meta"] = str(export_internvl(layout.corpus, layout.corpus_internvl, layout.tables))
     return out
 
 
@@ -304,35 +317,55 @@ def run_finetune(base: dict, corpus: dict, settings: FinetuneSettings, layout: R
     key = finetune_key(base["digest"], corpus["digest"], settings)
     recorded = recorded_key(files.inputs)
     if files.result.exists() and recorded == key:
+        cache_hit(log, "finetune", "meddr", key)
         return {"status": "cached", "key": key, "path": str(files.dir), "payload": result_payload(files)}
     if recorded is not None and recorded != key:
         shutil.rmtree(files.dir)  # another base, corpus, recipe or code: its checkpoints must not be resumed
     files.dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(files.inputs, {"key": key})
-    cfg = FinetuneConfig(model_path=base["path"], data_dir=str(layout.corpus.shards), output_dir=str(files.dir),
+    cfg = FinetuneConfig(model_path=base["path"], data_dir=str(layout.corpus.shards), tables_dir=str(layout.tables),
+                         output_dir=str(files.dir),
                          deepspeed_config=str(repo_path(settings.deepspeed_config)),
                          **settings.recipe().model_dump())
     write_json_atomic(files.run_config, cfg.model_dump())
     cmd = launch_command(settings.launcher, settings.num_gpus, files.run_config)
     # the launcher dies with this run, its workers with the launcher (recipes/finetune.py): a killed run leaves no
     # worker training on into the folder its rerun resumes
-    proc = subprocess.run(dying_with_this_process(cmd), env={**os.environ, **settings.env}, capture_output=True,
-                          text=True)
-    files.launcher_log.write_text(proc.stdout[-200_000:] + "\n--- stderr ---\n" + proc.stderr[-200_000:])
-    if proc.returncode != 0:
-        raise RuntimeError(f"fine-tuning failed (exit {proc.returncode}); log: {files.launcher_log}\n"
-                           f"{proc.stderr[-3000:]}")
+    # (the thread that starts the launcher waits on it, following its loss curve into the run's log as it grows)
+    with open(files.launcher_log, "w") as launcher_log:
+        proc = subprocess.Popen(dying_with_this_process(cmd), env={**os.environ, **settings.env},
+                                stdout=launcher_log, stderr=subprocess.STDOUT)
+        returncode = follow_lines(proc, files.loss_curve, _loss_logger(cfg.max_steps))
+    if returncode != 0:
+        raise RuntimeError(f"fine-tuning failed (exit {returncode}); log: {files.launcher_log}\n"
+                           f"{files.launcher_log.read_text(errors='replace')[-3000:]}")
     return {"status": "trained", "key": key, "path": str(files.dir), "payload": result_payload(files)}
 
 
+def _loss_logger(max_steps: int | None, lines: int = 20):
+    """on_line for the loss curve (one JSON line per step): about `lines` log lines over the run, and its last step."""
+    every = max(1, (max_steps or 0) // lines)
+
+    def on_line(line: str) -> None:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            return   # a torn line of a killed worker; the curve is cut back on resume
+        if row["step"] % every == 0 or row["step"] == 1 or row["step"] == max_steps:
+            log.info("finetune step %d/%s: loss %.4f, lr %.3g", row["step"], max_steps or "?", row["loss"],
+                     row.get("lr", float("nan")))
+    return on_line
+
+
 def record_finetune(ft: dict, base_model_id: str | None, corpus: dict, tracking) -> dict:
-    """The fine-tuning run: params, loss curve, corpus and base model in, adapter + merged model out.
-    Returns {run_id, model_ids, merged_path, merged_digest, adapter_digest}."""
+    """The fine-tuning run: params, loss curve, corpus and base model in, adapter + merged model out (loadable pyfunc
+    models, registered as `meddr-adapter` and `meddr`, alias `latest-run`).
+    Returns {run_id, model_ids, registered, merged_path, merged_digest, adapter_digest}."""
     import mlflow
     from mlflow.entities import LoggedModelOutput
 
     from tasks.generalist.backends import weights_fingerprint
-    from tasks.lineage import find_model, log_model_dir, log_model_input
+    from tasks.lineage import LATEST_RUN, find_model, log_model_input, registered_version, set_alias
     from tasks.tracking import log_params, log_table
 
     p = ft["payload"]
@@ -352,16 +385,55 @@ def record_finetune(ft: dict, base_model_id: str | None, corpus: dict, tracking)
         for a in ("loss_curve", "deepspeed_config", "result"):
             if Path(p["artifacts"][a]).exists():
                 mlflow.log_artifact(p["artifacts"][a])
-        ids = {}
+        ids, registered = {}, {}
         for name, path, digest in ((ADAPTER_NAME, p["artifacts"]["adapter"], adapter_digest),
                                    (MERGED_NAME, merged, merged_digest)):
-            if not path:
+            if not path or (name == ADAPTER_NAME and not base_model_id):
                 continue
-            existing = find_model(tracking.uri, tracking.experiment, name, digest)
+            reg_name = REGISTERED_NAMES[name]
+            existing = find_model(tracking.uri, tracking.experiment, name, digest, loadable=True)
             if existing:
                 mlflow.log_outputs([LoggedModelOutput(existing, step=0)])
                 ids[name] = existing
+                registered[reg_name] = registered_version(tracking.uri, reg_name, existing)
             else:
-                ids[name] = log_model_dir(name, Path(path), digest, "peft-lora" if name == ADAPTER_NAME else "internvl")
-        return {"run_id": run.info.run_id, "model_ids": ids, "merged_path": merged, "merged_digest": merged_digest,
-                "adapter_digest": adapter_digest}
+                logged = log_generalist_model(name, Path(path), digest, base_model_id)
+                ids[name], registered[reg_name] = logged["model_id"], logged["registered"]["version"]
+        run_id = run.info.run_id
+    for reg_name, version in registered.items():
+        set_alias(tracking.uri, reg_name, LATEST_RUN, version)
+    return {"run_id": run_id, "model_ids": ids, "registered": registered, "merged_path": merged,
+            "merged_digest": merged_digest, "adapter_digest": adapter_digest}
+
+
+# the registered model of each LoggedModel name (tasks/lineage.py lists names and aliases)
+REGISTERED_NAMES = {MERGED_NAME: "meddr", ADAPTER_NAME: "meddr-adapter"}
+
+
+def log_generalist_model(name: str, path: Path, digest: str, base_model_id: str | None = None) -> dict:
+    """Log MedDr (`meddr-merged`: the merged folder) or its adapter (`meddr-adapter`: the peft folder over the base
+    LoggedModel `base_model_id`) as a loadable pyfunc model (tasks/generalist/mlflow_model.py) on the active run and
+    register it; returns {model_id, registered: {name, version}}."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from tasks.generalist import mlflow_model
+    from tasks.lineage import log_code_model, pinned
+
+    gen = GenerationSettings()
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("binary", mlflow_model.IMAGE_COLUMN), ColSpec("string", mlflow_model.PROMPT_COLUMN)]),
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", gen.max_new_tokens),
+                            ParamSpec("do_sample", "boolean", gen.do_sample),
+                            ParamSpec("temperature", "double", gen.temperature),
+                            ParamSpec("top_p", "double", gen.top_p), ParamSpec("num_beams", "long", gen.num_beams),
+                            ParamSpec("seed", "long", gen.seed)]))
+    adapter = name == ADAPTER_NAME
+    requirements = pinned("torch", "transformers", "tokenizers", "safetensors", "numpy", "pillow", "pydantic",
+                          "pandas", "pyyaml", "mlflow", *(("peft", "accelerate") if adapter else ()))
+    return log_code_model(name, Path(mlflow_model.__file__), {"adapter" if adapter else "model": str(path)}, digest,
+                          "peft-lora" if adapter else "internvl", registered_name=REGISTERED_NAMES[name],
+                          requirements=requirements, signature=signature,
+                          model_config={"base_model_uri": f"models:/{base_model_id}"} if adapter else None,
+                          tags={"gsco.base_model_id": base_model_id} if adapter else None)

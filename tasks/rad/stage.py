@@ -13,8 +13,11 @@ import numpy as np
 
 from data_contracts.io import read_samples
 from data_contracts.layout import RunLayout
+from tasks.logs import cache_hit, part_logger
 from tasks.rad.index import build_index, search
 from tasks.rad.settings import RadSettings
+
+log = part_logger("rad")
 
 
 def table_name(dataset: str, retriever: str) -> str:
@@ -39,6 +42,11 @@ def build_rad_index(job: dict, layout: RunLayout, settings: RadSettings) -> dict
     texts = [", ".join(lab) for lab in labels]
     info = build_index(layout.lancedb, table_name(dataset, retriever), emb.astype(np.float32), ids, labels, texts,
                        ann_min_rows=settings.ann_min_rows, index_params=settings.index_params)
+    if info.reused:
+        cache_hit(log, "index", f"{dataset}/{retriever}", info.content_digest)
+    else:
+        log.info("rad index %s/%s: %d rows x %d, %s, LanceDB version %d", dataset, retriever, info.rows, info.dim,
+                 info.index_type, info.version)
     return {"dataset": dataset, "retriever": retriever, "retriever_model_id": job["model_id"], **info.as_dict()}
 
 
@@ -77,9 +85,27 @@ def record_indexes(infos: list[dict], tracking, choices: dict[str, dict] | None 
                       Path(info["uri"]), context="output",
                       tags={"gsco.lancedb.version": str(info["version"]), "gsco.lancedb.tag": info["tag"][:250]})
         for dataset, choice in (choices or {}).items():
-            log_params({f"{dataset}.retriever": choice["arch"], f"{dataset}.retriever_rule": choice["rule"]})
+            log_params({f"{dataset}.retriever": choice["arch"], f"{dataset}.retriever_rule": choice["rule"],
+                        f"{dataset}.retriever_metric": choice.get("metric") or ""})
             for arch, score in choice["scores"].items():
                 mlflow.log_metric(f"{dataset}.retriever_val.{arch}", score)
         mlflow.log_dict(infos, "indexes.json")
         mlflow.log_dict(choices or {}, "retrievers.json")
-        return run.info.run_id
+        run_id = run.info.run_id
+    _alias_retrievers(infos, choices or {}, tracking.uri)
+    return run_id
+
+
+def _alias_retrievers(infos: list[dict], choices: dict[str, dict], uri: str) -> None:
+    """The registered specialist keying each dataset's RAD table gets the alias `rad-retriever` (the version this run
+    indexed with); the dataset's other architectures lose it."""
+    from tasks.lineage import RAD_RETRIEVER, drop_alias, registered_version, set_alias
+
+    for info in infos:
+        ds, chosen = info["dataset"], info["retriever"]
+        for arch in {*choices.get(ds, {}).get("scores", {}), chosen}:
+            name = f"specialist-{ds}-{arch}"
+            if arch == chosen:
+                set_alias(uri, name, RAD_RETRIEVER, registered_version(uri, name, info["retriever_model_id"]))
+            else:
+                drop_alias(uri, name, RAD_RETRIEVER)

@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,10 @@ from pathlib import Path
 from data_contracts.files import write_json_atomic
 from data_contracts.io import read_samples, split_digests
 from data_contracts.layout import SPLITS, JobFiles, RunLayout
+from tasks.logs import cache_hit, part_logger, summarised_warnings
 from tasks.specialists.settings import SpecialistsSettings
+
+log = part_logger("specialists")
 
 
 def job_specs(layout: RunLayout, datasets: list[str], settings: SpecialistsSettings) -> list[dict]:
@@ -54,8 +56,9 @@ def run_job(spec: dict) -> dict:
     data = data_from_samples(*[read_samples(tables, ds, s, validate=False) for s in SPLITS],
                              digest="|".join(digests[s] for s in SPLITS))
     arch = arch_spec(spec["arch"], ArchSettings.model_validate(spec.get("arch_settings") or {}))
-    result = train_specialist(data, arch, Recipe.model_validate(spec.get("recipe") or {}), Path(spec["out_dir"]),
-                              device=spec.get("device", "cpu"))
+    with summarised_warnings(log, f"specialist {ds}/{spec['arch']}"):
+        result = train_specialist(data, arch, Recipe.model_validate(spec.get("recipe") or {}), Path(spec["out_dir"]),
+                                  device=spec.get("device", "cpu"))
     return dataclasses.asdict(result)
 
 
@@ -106,29 +109,53 @@ def run_on_slot(spec: dict, pool: DevicePool, isolation: str) -> dict:
             env["CUDA_VISIBLE_DEVICES"] = str(device)
         from tasks.processes import dying_with_this_process
 
-        proc = subprocess.run(dying_with_this_process([sys.executable, "-m", "recipes.specialist_job",
-                                                       str(files.spec)]), env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"specialist job {spec['dataset']}/{spec['arch']} failed (exit {proc.returncode}):\n"
-                               f"{proc.stderr[-4000:]}")
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        with tempfile.TemporaryFile("w+") as stdout:   # the result line; stderr (the job's log) is read as it comes
+            proc = subprocess.Popen(dying_with_this_process([sys.executable, "-m", "recipes.specialist_job",
+                                                             str(files.spec)]), env=env, stdout=stdout,
+                                    stderr=subprocess.PIPE, text=True)
+            tail = _relay(proc.stderr)
+            if proc.wait() != 0:
+                raise RuntimeError(f"specialist job {spec['dataset']}/{spec['arch']} failed (exit {proc.returncode}):"
+                                   f"\n{tail[-4000:]}")
+            stdout.seek(0)
+            return json.loads(stdout.read().strip().splitlines()[-1])
+
+
+def _relay(lines) -> str:
+    """Log a job process's stderr lines as they come (`LEVEL message`, recipes/specialist_job.py); its last lines."""
+    import collections
+    import logging
+
+    tail = collections.deque(maxlen=60)
+    for ln in lines:
+        level, _, msg = ln.rstrip().partition(" ")
+        known = level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+        log.log(getattr(logging, level) if known else logging.INFO, "%s", msg if known else ln.rstrip())
+        tail.append(ln)
+    return "".join(tail)
 
 
 def record_job(result: dict, spec: dict, tracking) -> dict:
     """One MLflow run per job (reused when the job was skipped): params, metrics per epoch, inputs, registered model.
-    Returns {run_id, model_id}."""
+    Returns {run_id, model_id, digest, registered: {name, version}}; the version gets the alias `latest-run`."""
     import mlflow
 
+    from tasks.lineage import LATEST_RUN, registered_version, set_alias
     from tasks.tracking import log_params, log_split_input
 
     files = JobFiles(Path(result["out_dir"]))
+    name = f"specialist-{result['dataset']}-{result['arch']}"
     if result["status"] == "skipped" and files.mlflow_run.exists():
         rec = json.loads(files.mlflow_run.read_text())
-        if rec.get("fingerprint") == result["fingerprint"] and rec.get("tracking_uri") == tracking.uri:
-            return {"run_id": rec["run_id"], "model_id": rec["model_id"]}
-    name = f"specialist-{result['dataset']}-{result['arch']}"
+        if rec.get("fingerprint") == result["fingerprint"] and rec.get("tracking_uri") == tracking.uri \
+                and rec.get("digest"):
+            version = rec.get("version") or registered_version(tracking.uri, name, rec["model_id"])
+            set_alias(tracking.uri, name, LATEST_RUN, version)
+            return {"run_id": rec["run_id"], "model_id": rec["model_id"], "digest": rec["digest"],
+                    "registered": {"name": name, "version": version}}
     tags = {**result.get("tags", {}), "gsco.specialist.fingerprint": result["fingerprint"],
-            "gsco.specialist.init": result["init"]}
+            "gsco.specialist.init": result["init"], "gsco.specialist.dataset": result["dataset"],
+            "gsco.specialist.arch": result["arch"]}
     with tracking.stage_run(name, stage="specialists", tags=tags) as run:
         log_params({**result["params"], "weights_note": result["weights_note"]})
         for h in result["history"]:
@@ -140,34 +167,49 @@ def record_job(result: dict, spec: dict, tracking) -> dict:
         for key in ("metrics", "history", "test_predictions"):
             if key in result["artifacts"]:
                 mlflow.log_artifact(result["artifacts"][key], artifact_path="outputs")
-        model_id = _log_model(files, name)
+        logged = _log_model(files, name)
         run_id = run.info.run_id
-    write_json_atomic(files.mlflow_run, {"run_id": run_id, "model_id": model_id, "fingerprint": result["fingerprint"],
-                                         "tracking_uri": tracking.uri})
-    return {"run_id": run_id, "model_id": model_id}
+    set_alias(tracking.uri, name, LATEST_RUN, logged["registered"]["version"])
+    write_json_atomic(files.mlflow_run, {"run_id": run_id, "model_id": logged["model_id"],
+                                         "fingerprint": result["fingerprint"], "tracking_uri": tracking.uri,
+                                         "digest": logged["digest"], "version": logged["registered"]["version"]})
+    return {"run_id": run_id, **logged}
 
 
-def _log_model(files: JobFiles, registered_name: str) -> str:
-    """Log the best checkpoint (safetensors + its model card) as an MLflow LoggedModel and register it.
+def _log_model(files: JobFiles, registered_name: str) -> dict:
+    """Log the best checkpoint as a loadable MLflow pyfunc model (tasks/specialists/mlflow_model.py: models from
+    code, the weights a safetensors artifact, no pickle) and register it as `registered_name`.
 
-    The checkpoint is what `tasks.specialists.training.predict` loads (weights only, no pickle); tracing every model
-    into a pt2 program per job would cost more than training the tiny ones and fails for some architectures.
+    Returns {model_id, digest, registered: {name, version}}. The checkpoint is what
+    `tasks.specialists.training.predict` loads; tracing every model into a pt2 program per job would cost more than
+    training the tiny ones and fails for some architectures.
     """
-    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    from tasks.lineage import log_model_dir
+    from tasks.lineage import log_code_model, pinned
+    from tasks.specialists import mlflow_model
     from tasks.specialists.outputs import read_card
 
     card = read_card(files.best)
+    digest = weights_digest(files.best)
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("binary", mlflow_model.IMAGE_COLUMN)]),
+        outputs=Schema([ColSpec("double", label) for label in card["label_names"]]),
+        params=ParamSchema([ParamSpec("output", "string", "probabilities"), ParamSpec("batch_size", "long", 256),
+                            ParamSpec("device", "string", "cpu")]))
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copyfile(files.best, Path(tmp) / files.best.name)
-        (Path(tmp) / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
-        model_id = log_model_dir(registered_name, Path(tmp), weights_digest(files.best), "gsco-specialist",
-                                 params={"arch": card["arch"]["name"], "num_classes": card["num_classes"],
-                                         "img_size": card["img_size"], "init": card.get("init", "")},
-                                 tags={"gsco.specialist.fingerprint": card["fingerprint"]})
-    mlflow.register_model(f"models:/{model_id}", registered_name)
-    return model_id
+        card_path = Path(tmp) / "model_card.json"
+        card_path.write_text(json.dumps(card, indent=2, sort_keys=True))
+        logged = log_code_model(
+            registered_name, Path(mlflow_model.__file__), {"weights": str(files.best), "card": str(card_path)},
+            digest, "gsco-specialist", registered_name=registered_name, signature=signature,
+            requirements=pinned("torch", "torchvision", "timm", "safetensors", "numpy", "pillow", "pydantic",
+                                "pandas", "pyyaml", "mlflow"),
+            params={"arch": card["arch"]["name"], "num_classes": card["num_classes"], "img_size": card["img_size"],
+                    "init": card.get("init", ""), "dataset": card.get("dataset", "")},
+            tags={"gsco.specialist.fingerprint": card["fingerprint"]})
+    return {**logged, "digest": digest}
 
 
 def weights_digest(checkpoint: Path) -> str:
@@ -188,6 +230,14 @@ def weights_digest(checkpoint: Path) -> str:
 def run_and_record(spec: dict, pool: DevicePool, isolation: str, tracking) -> dict:
     """Run one job on a free slot, record it in MLflow; returns its `job_summary`."""
     result = run_on_slot(spec, pool, isolation)
+    name = f"{result['dataset']}/{result['arch']}"
+    if result["status"] == "skipped":
+        cache_hit(log, "specialists", name, result["fingerprint"])
+    else:
+        log.info("specialist %s %s: %s", name, result["status"],
+                 ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items()
+                           if k in ("best_epoch", "test_accuracy", "test_macro_f1", "test_auc")
+                           and isinstance(v, float)))
     return job_summary(result, record_job(result, spec, tracking))
 
 
@@ -196,6 +246,7 @@ def job_summary(result: dict, logged: dict) -> dict:
     files = JobFiles(Path(result["out_dir"]))
     return {"dataset": result["dataset"], "arch": result["arch"], "status": result["status"],
             "fingerprint": result["fingerprint"], "run_id": logged["run_id"], "model_id": logged["model_id"],
+            "model_digest": logged.get("digest"), "registered": logged.get("registered"),
             "metrics": result["metrics"], "init": result["init"], "out_dir": result["out_dir"],
             "test_predictions": str(files.test_predictions),
             "predictions": {s: str(files.predictions(s)) for s in SPLITS},

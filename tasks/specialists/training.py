@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from data_contracts.files import atomic_write, file_sha256, write_json_atomic
 from data_contracts.layout import SPLITS, JobFiles
 from tasks.cache import stage_key
+from tasks.logs import part_logger
 from tasks.specialists.architectures import ArchSpec, arch_recipe
 from tasks.specialists.data import EpochSampler, ImageDataset, SpecialistData, make_datasets, make_loader
 from tasks.specialists.models import build_model, create_model, forward_embed, input_stats, weights_file
@@ -285,6 +286,10 @@ def _fit(fit: _Fit, files: JobFiles, card: dict, fingerprint: str) -> None:
     for epoch in range(fit.start_epoch, fit.recipe.max_epochs):
         row = _epoch(fit, epoch)
         fit.history.append(row)
+        part_logger("specialists").info(
+            "%s/%s epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f, val macro-F1 %.4f (%.1f s)",
+            fit.data.dataset, fit.arch.name, epoch + 1, fit.recipe.max_epochs, row["train_loss"], row["val_loss"],
+            row["val_accuracy"], row["val_macro_f1"], row["epoch_s"])
         if row["val_loss"] < fit.best_val - fit.recipe.min_delta:
             fit.best_val, fit.best_epoch, fit.bad_epochs = row["val_loss"], epoch, 0
             save_checkpoint(fit.model, files.best, {**card, "epoch": epoch, "val_loss": row["val_loss"]})

@@ -1,7 +1,8 @@
 """One fine-tuning run's configuration: the recipe (tasks/generalist/settings.py `FinetuneRecipe`) with its paths,
 the peft LoRA config it implies, and the DeepSpeed config with every "auto" filled from it.
 
-    cfg = FinetuneConfig(model_path=..., data_dir=..., output_dir=..., **profile.finetune.recipe().model_dump())
+    cfg = FinetuneConfig(model_path=..., data_dir=..., tables_dir=..., output_dir=...,
+                         **profile.finetune.recipe().model_dump())
     ds = resolve_deepspeed_config(cfg.deepspeed_config, cfg, world_size=16)
 """
 from __future__ import annotations
@@ -22,9 +23,11 @@ DEFAULT_DS_CONFIG = Path(__file__).resolve().parents[3] / "infra" / "deepspeed" 
 
 
 class FinetuneConfig(FinetuneRecipe):
-    """One fine-tuning run (`run.json`): the recipe, where the base and the corpus shards are, where outputs go."""
+    """One fine-tuning run (`run.json`): the recipe, where the base, the corpus shards and the samples tables their
+    rows' images are in are, where outputs go."""
     model_path: str
     data_dir: str
+    tables_dir: str
     output_dir: str
     deepspeed_config: str = str(DEFAULT_DS_CONFIG)
     stop_after_steps: PositiveInt | None = None   # operators/tests: SIGKILL this process after that step (a crash)
@@ -32,7 +35,7 @@ class FinetuneConfig(FinetuneRecipe):
     # Fields that may differ between a run and its resumption (paths and operational switches).
     RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = (
         "output_dir", "save_steps", "save_total_limit", "stop_after_steps", "merge", "eval_max_samples",
-        "image_cache_row_groups", "deepspeed_config", "data_dir", "model_path")
+        "image_cache_row_groups", "deepspeed_config", "data_dir", "tables_dir", "model_path")
 
     @classmethod
     def from_json(cls, path: str | Path) -> "FinetuneConfig":

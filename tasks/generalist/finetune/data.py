@@ -1,17 +1,14 @@
 """The fine-tuning data path: instruction rows (data_contracts/instructions.py) -> chat-formatted token ids with the
 loss on answer tokens only -> deterministic micro-batches.
 
-Text columns are held in memory (Arrow); images are read one Parquet row group at a time and a few decoded row groups
-are cached. Every training sample's answer is checked to survive tokenisation and truncation before any model loads:
-a sample whose answer is masked away entirely fails the run, naming it (InternVL's "tokenization mismatch" trap trains
-such samples on zero loss).
+Text columns are held in memory (Arrow); a row's image is resolved from the samples tables it refers to, read one
+Parquet row group at a time with a few row groups cached. Every training sample's answer is checked to survive
+tokenisation and truncation before any model loads: a sample whose answer is masked away entirely fails the run,
+naming it (InternVL's "tokenization mismatch" trap trains such samples on zero loss).
 """
 from __future__ import annotations
 
-import bisect
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any
 
 from data_contracts.errors import ContractError
 
@@ -28,18 +25,21 @@ class AnswerMaskedError(ContractError):
 
 
 class InstructionData:
-    """The instruction rows of every Parquet shard under `data_dir`: text columns in memory, images on demand.
+    """The instruction rows of every Parquet shard under `data_dir`: text columns in memory, images on demand from
+    the samples tables under `tables_dir` (data_contracts/image_refs.py).
 
-    Images are read one Parquet row group at a time and a few decoded row groups are cached, so memory holds the text
-    of the corpus but not its images.
+    Each row's image reference is located once, up front (an unresolved one fails before any model loads); images
+    are read one samples row group at a time and a few row groups are cached, so memory holds the text of the corpus
+    and two ints per row, not its images. Every image read is checked against the row's content digest.
     """
 
-    def __init__(self, data_dir: str | Path, cache_row_groups: int = 8):
+    def __init__(self, data_dir: str | Path, tables_dir: str | Path, cache_row_groups: int = 8):
         import polars as pl
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
+        from data_contracts.image_refs import SampleImages
         from data_contracts.instructions import COLUMNS, INSTRUCTIONS_SCHEMA, validate_instructions
 
         root = Path(data_dir)
@@ -47,33 +47,22 @@ class InstructionData:
                             if not any(s.startswith(".") for s in p.relative_to(root).parts))
         if not self.files:
             raise FileNotFoundError(f"{root}: no instruction Parquet shards (*.parquet) found")
-        text_cols = [c for c in COLUMNS if c != "image"]
-        text_schema = pa.schema([INSTRUCTIONS_SCHEMA.field(c) for c in text_cols])
-        tables, self._rg_starts, self._file_starts = [], [], []
-        offset = 0
+        tables = []
         for f in self.files:
             pf = pq.ParquetFile(f)
             names = pf.schema_arrow.names
             missing = [c for c in COLUMNS if c not in names]
             if missing:
-                raise ContractError(f"{f}: instructions shard lacks column(s) {missing}")
+                raise ContractError(f"{f}: instructions shard lacks column(s) {missing}"
+                                    + (" (it holds image bytes inline: a corpus of schema version 1; rebuild it)"
+                                       if "image" in names else ""))
             for c in COLUMNS:
                 want, got = INSTRUCTIONS_SCHEMA.field(c).type, pf.schema_arrow.field(c).type
                 if not (got == want or (pa.types.is_large_string(got) and pa.types.is_string(want))
-                        or (pa.types.is_large_binary(got) and pa.types.is_binary(want))
-                        or (pa.types.is_string_view(got) and pa.types.is_string(want))
-                        or (pa.types.is_binary_view(got) and pa.types.is_binary(want))):
+                        or (pa.types.is_string_view(got) and pa.types.is_string(want))):
                     raise ContractError(f"{f}: column '{c}' has type {got}, expected {want}")
-            t = pf.read(columns=text_cols).cast(text_schema)
-            # Images are checked where they are decoded (each batch names a sample whose image does not decode).
-            validate_instructions(pl.from_arrow(t), str(f), check_images=False)
-            starts, acc = [], 0
-            for rg in range(pf.num_row_groups):
-                starts.append(acc)
-                acc += pf.metadata.row_group(rg).num_rows
-            self._rg_starts.append(starts)
-            self._file_starts.append(offset)
-            offset += t.num_rows
+            t = pf.read(columns=list(COLUMNS)).cast(INSTRUCTIONS_SCHEMA)
+            validate_instructions(pl.from_arrow(t), str(f))
             tables.append(t)
         self.table = pa.concat_tables(tables).combine_chunks()
         ids = self.table.column("sample_id")
@@ -82,9 +71,9 @@ class InstructionData:
 
             dup = [k for k, n in collections.Counter(ids.to_pylist()).items() if n > 1][:5]
             raise ContractError(f"{root}: duplicate sample_id across shards: {dup}")
-        self._cache: OrderedDict[tuple[int, int], list] = OrderedDict()
-        self._cache_size = max(1, cache_row_groups)
-        self._pf: dict[int, Any] = {}
+        self.images = SampleImages(tables_dir, cache_row_groups)
+        self._file, self._row = self.images.locate(
+            pl.from_arrow(self.table.select(["sample_id", "source_dataset", "split", "image_sample_id"])), str(root))
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -94,24 +83,21 @@ class InstructionData:
         return [i for i, s in enumerate(self.table.column("split").to_pylist()) if s == split]
 
     def text(self, i: int) -> dict:
-        """sample_id, instruction, answer, source_dataset, task_kind, split of row `i`."""
+        """sample_id, instruction, answer, source_dataset, task_kind, split (and the image reference) of row `i`."""
         return {c: self.table.column(c)[i].as_py() for c in self.table.column_names}
 
     def image(self, i: int) -> bytes:
-        """The encoded image of row `i`."""
-        import pyarrow.parquet as pq
+        """The encoded image of row `i`, read from the samples tables; a digest mismatch fails, naming the row."""
+        from data_contracts.instructions import image_digest
 
-        fi = bisect.bisect_right(self._file_starts, i) - 1
-        local = i - self._file_starts[fi]
-        rg = bisect.bisect_right(self._rg_starts[fi], local) - 1
-        key = (fi, rg)
-        if key not in self._cache:
-            pf = self._pf.setdefault(fi, pq.ParquetFile(self.files[fi]))
-            self._cache[key] = pf.read_row_group(rg, columns=["image"]).column(0).to_pylist()
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        return self._cache[key][local - self._rg_starts[fi][rg]]
+        data = self.images.read(int(self._file[i]), int(self._row[i]))
+        want = self.table.column("image_digest")[i].as_py()
+        if image_digest(data) != want:
+            raise ContractError(f"sample {self.table.column('sample_id')[i].as_py()}: its image at "
+                                f"{self.images.where(int(self._file[i]), int(self._row[i]))} has digest "
+                                f"{image_digest(data)}, the corpus recorded {want}: the samples table changed after "
+                                "the corpus was built; rebuild the corpus")
+        return data
 
 
 class SampleEncoder:

@@ -125,7 +125,7 @@ def _prepare(cfg: FinetuneConfig) -> _Rank:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
     torch.manual_seed(cfg.seed)
-    data = InstructionData(cfg.data_dir, cfg.image_cache_row_groups)
+    data = InstructionData(cfg.data_dir, cfg.tables_dir, cfg.image_cache_row_groups)
     train_idx, val_idx = data.indices("train"), data.indices("val")
     if not train_idx:
         raise ContractError(f"{cfg.data_dir}: no rows with split 'train'")
