@@ -2,16 +2,28 @@
 
     OMP_NUM_THREADS=1 pytest -q tests/test_index.py
     OMP_NUM_THREADS=1 python perf/index_recall.py          # build s, query/s and recall@10 per index type
+    OMP_NUM_THREADS=2 python perf/rad_index_scale.py       # 250k x 512: 5 seeded builds vs numpy brute force
 
     info = build_index(Path("outputs/rad"), "ham10000__resnet18", emb_train, ids_train, labels_train, None,
-                       ann_min_rows=50_000, index_params=DEFAULT_INDEX_PARAMS)
+                       ann_min_rows=20_000, index_params=DEFAULT_INDEX_PARAMS)
     neighbours = search(Path("outputs/rad"), "ham10000__resnet18", emb_test, k=10)   # one list per query, nearest first
 
-Rows are the L2-normalised embeddings (so cosine distance = 1 - dot and scalar quantisation sees unit vectors) with
-`sample_id`, `labels` and `text`, stored in sample-id order. Tables with fewer than `ann_min_rows` rows get no ANN
-index: exact search over a few tens of thousands of vectors is fast and has nothing to tune. Larger ones get an ANN
-index (default IVF_HNSW_SQ with a refine step, so the returned distances are exact cosine distances) whose recall@k
-against exact search (`bypass_vector_index`) is measured at build time and stored with the table.
+Rows are the L2-normalised embeddings (so cosine distance = 1 - dot) with `sample_id`, `labels` and `text`, stored in
+sample-id order. Tables with fewer than `ann_min_rows` rows get no ANN index and are searched exactly: a BLAS top-k
+over the table's vectors, loaded once per open handle (11x faster than LanceDB's flat scan at 250k x 512). Larger ones
+get an IVF_FLAT index whose partitions are the centroids of a seeded k-means (numpy, here), handed to Lance through
+pylance's `ivf_centroids`: LanceDB 0.40's own index builders take no seed, and two builds on the same rows answer
+differently. One seed gives one index, one recall and one set of answers. IVF_FLAT keeps the full vectors, so the
+returned distances are exact and there is nothing to refine; `nprobes` is chosen at build time (the smallest of 8, 16,
+32, ... whose recall@k against exact search, on a seeded sample of the table's rows, reaches `target_recall`) and stored
+with the build; below `min_recall` at the chosen `nprobes` the build fails (deterministically: a real recall loss).
+Measured at 250k x 512 on 2 shared cores (perf/rad_index_scale.py, perf/measured/rad_index_250k_cpu.json): recall@10
+1.0 in 5 of 5 seeds (977 partitions, 16 probed), 2.7-3.8 ms p50 per query on an open handle, a 1,000-query batch
+0.44-0.77 s against 10.2 s for numpy brute force; the exact path beats the index only below ~10-20k rows at 512 dims.
+
+Open handles are cached per (database, table, version) (`open_handle`, at most HANDLE_CACHE_SIZE): a version is
+immutable, so a handle (and the vectors the exact path loaded into it) never goes stale; only the tag is looked up on
+each call, so a newly published build is picked up at once.
 
 Publishing: LanceDB OSS 0.40 cannot rename a table (`rename_table` raises NotImplementedError), so a build does not
 write under a temporary name. Instead every build commits new versions of the one table (data, then index, then a
@@ -28,7 +40,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,28 +59,31 @@ log = logging.getLogger(__name__)
 
 PUBLISHED_TAG = "published"
 FLAT = "FLAT"
-ANN_INDEX_TYPES = ("IVF_HNSW_SQ", "IVF_FLAT")
+ANN_INDEX_TYPES = ("IVF_FLAT",)  # HNSW graphs are built in parallel with random levels: not reproducible from a seed
 MIN_ANN_ROWS = 256  # IVF training wants at least this many rows; below it exact search is faster anyway
 VECTOR = "vector"
 DIGEST_VERSION = "gsco-rad-index/v1"  # bump when the digest's byte layout changes
+HANDLE_CACHE_SIZE = 8  # open (table, version) handles kept per process; each may hold its table's vectors
+NPROBES_START = 8  # the first nprobes tried when nprobes is chosen at build time
 
-# Measured on 20k x 128 clustered vectors, one thread (perf/index_recall.py): recall@10 ~0.998 with refine 2,
-# ~0.975 without it (ef 20: ~0.94); m 16 / ef_construction 150 built in 4-8 s against 10 s for LanceDB's 20 / 300,
-# at the same recall. Exact search was faster per query up to ~50k rows at 128 dims, hence ann_min_rows ~50k.
+# Chosen on 250k x 512 clustered vectors, 2 cores (perf/rad_index_scale.py): ~256 rows per partition keeps a probe
+# cheap (977 partitions, 16 probed: ~3 ms per query, recall@10 1.0); k-means on 64 sampled rows per partition,
+# 10 iterations, trains in ~10 s; 500 recall queries measure recall to about +-0.005.
 DEFAULT_INDEX_PARAMS: dict[str, Any] = {
-    "index_type": "IVF_HNSW_SQ",
-    "num_partitions": None,  # None: LanceDB's choice from the row count
-    "m": 16,
-    "ef_construction": 150,
-    "nprobes": None,  # query time; None: LanceDB's default
-    "ef": 100,  # query time, HNSW candidate list
-    "refine_factor": 2,  # query time: re-rank k * 2 candidates on the full vectors, exact distances out
+    "index_type": "IVF_FLAT",
+    "num_partitions": None,  # None: rows / partition_rows
+    "partition_rows": 256,
+    "kmeans_iterations": 10,
+    "kmeans_sample": 64,  # k-means training rows per partition (a seeded sample of the table)
+    "seed": 0,  # k-means sample and initial centroids, and the recall sample: one seed, one index
+    "nprobes": None,  # query time; None: the smallest of 8, 16, 32, ... (up to a quarter of the partitions, or 32)
+    "target_recall": 0.98,  # ... whose measured recall@k reaches this
     "recall_k": 10,
-    "recall_queries": 256,
-    "min_recall": 0.9,  # below it the build fails and the old version stays published; None: no gate
+    "recall_queries": 500,
+    "min_recall": 0.9,  # below it (at the chosen nprobes) the build fails and the old version stays published
 }
-_BUILD_KEYS = {"index_type", "num_partitions", "m", "ef_construction"}
-_QUERY_KEYS = {"nprobes", "ef", "refine_factor"}
+_BUILD_KEYS = {"index_type", "num_partitions", "partition_rows", "kmeans_iterations", "kmeans_sample", "seed"}
+_QUERY_KEYS = {"nprobes", "target_recall"}
 _CHECK_KEYS = {"recall_k", "recall_queries", "min_recall"}
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _QUERY_BATCH = 1024
@@ -182,16 +200,20 @@ def check_index_params(index_params: Mapping[str, Any]) -> dict[str, Any]:
     cfg = {**DEFAULT_INDEX_PARAMS, **index_params}
     if cfg["index_type"] not in ANN_INDEX_TYPES:
         raise ValueError(f"index_params['index_type']: expected one of {ANN_INDEX_TYPES}, got {cfg['index_type']!r}")
-    for key in ("num_partitions", "m", "ef_construction", "nprobes", "ef", "refine_factor"):
+    for key in ("num_partitions", "nprobes", "partition_rows", "kmeans_iterations", "kmeans_sample", "recall_k",
+                "recall_queries", "seed"):
+        v, optional = cfg[key], key in ("num_partitions", "nprobes")
+        low = 0 if key == "seed" else 1
+        if (v is None and not optional) or (v is not None and (not isinstance(v, int) or isinstance(v, bool)
+                                                               or v < low)):
+            want = "a non-negative integer" if key == "seed" else "a positive integer"
+            raise ValueError(f"index_params[{key!r}]: expected {want}{' or None' if optional else ''}, got {v!r}")
+    for key in ("target_recall", "min_recall"):
         v = cfg[key]
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ValueError(f"index_params[{key!r}]: expected a positive integer or None, got {v!r}")
-    for key in ("recall_k", "recall_queries"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ValueError(f"index_params[{key!r}]: expected a positive integer, got {cfg[key]!r}")
-    mr = cfg["min_recall"]
-    if mr is not None and not (isinstance(mr, (int, float)) and 0.0 <= mr <= 1.0):
-        raise ValueError(f"index_params['min_recall']: expected a number in [0, 1] or None, got {mr!r}")
+        if (v is None and key == "target_recall") or (
+                v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0)):
+            none = " or None" if key == "min_recall" else ""
+            raise ValueError(f"index_params[{key!r}]: expected a number in [0, 1]{none}, got {v!r}")
     return cfg
 
 
@@ -208,8 +230,6 @@ def _effective_config(n_rows: int, ann_min_rows: int, index_params: Mapping[str,
     cfg = check_index_params(index_params)
     if n_rows < ann_min_rows:
         return {"index_type": FLAT}
-    if cfg["index_type"] == "IVF_FLAT":  # HNSW-only knobs would only make equal configs look different
-        cfg = {k: v for k, v in cfg.items() if k not in ("m", "ef_construction", "ef")}
     return cfg
 
 
@@ -243,7 +263,7 @@ def _read_build(table: Any) -> dict[str, Any] | None:
 
 
 def _info(table_name: str, uri: str, rec: Mapping[str, Any], version: int, tag: str, reused: bool) -> IndexInfo:
-    cfg = dict(rec["config"])
+    cfg = {**rec["config"], **rec.get("query", {})}  # with the chosen nprobes and partition count
     index_type = cfg.pop("index_type")
     return IndexInfo(table_name=table_name, uri=uri, rows=rec["rows"], dim=rec["dim"], index_type=index_type,
                      index_params=cfg, version=version, tag=tag, content_digest=rec["content_digest"],
@@ -344,15 +364,19 @@ def build_index(db_dir: Path, table_name: str, embeddings: np.ndarray, sample_id
         # new versions of the same table; readers keep seeing the `published` version until _publish below
         table = db.create_table(table_name, data=data, mode="overwrite")
         recall = recall_k = None
+        query: dict[str, Any] = {}
         if cfg["index_type"] != FLAT:
-            table.create_index(VECTOR, config=_index_config(cfg), replace=True)
+            centroids = _kmeans(xn, _num_partitions(n, cfg), cfg)
+            _create_ivf(table, centroids)
             recall_k = min(cfg["recall_k"], n - 1)
-            recall = _measure_recall(table, ids, xn, cfg, recall_k, cfg["recall_queries"])
+            nprobes, recall = _choose_nprobes(table, ids, xn, cfg, len(centroids), recall_k)
+            query = {"nprobes": nprobes, "num_partitions": len(centroids)}
             if cfg["min_recall"] is not None and recall < cfg["min_recall"]:
                 raise IndexQualityError(
                     f"{_where(table_name)}: {cfg['index_type']} recall@{recall_k} {recall:.3f} is below min_recall "
-                    f"{cfg['min_recall']} with {cfg}; not published (raise ef / nprobes / refine_factor)")
-        rec = {"rows": n, "dim": dim, "recall_at_k": recall, "recall_k": recall_k}
+                    f"{cfg['min_recall']} at nprobes {nprobes} of {len(centroids)} partitions with {cfg}; not "
+                    f"published (raise nprobes or lower partition_rows)")
+        rec = {"rows": n, "dim": dim, "recall_at_k": recall, "recall_k": recall_k, "query": query}
         # the build record lands last: a version carrying it is complete
         table.update_field_metadata({"path": VECTOR, "metadata": {_META_BUILD.decode(): json.dumps(rec)}})
         version = table.version
@@ -362,42 +386,153 @@ def build_index(db_dir: Path, table_name: str, embeddings: np.ndarray, sample_id
     except Exception as e:
         raise RuntimeError(f"{_where(table_name)} in {uri}: build failed ({type(e).__name__}: {e}); the previously "
                            f"published version, if any, is still the one served") from e
-    log.info("%s: published version %d (%s, %d rows, recall@%s %s)", _where(table_name), version,
-             cfg["index_type"], n, recall_k, recall)
+    log.info("%s: published version %d (%s, %d rows, recall@%s %s, %s)", _where(table_name), version,
+             cfg["index_type"], n, recall_k, recall, query)
     rec = {**rec, "content_digest": digest, "config": cfg}
     return _info(table_name, uri, rec, version, tag, reused=False)
 
 
-def _index_config(cfg: Mapping[str, Any]) -> Any:
-    import lancedb
-
-    common = {"distance_type": "cosine", "num_partitions": cfg["num_partitions"]}
-    if cfg["index_type"] == "IVF_HNSW_SQ":
-        return lancedb.index.IvfHnswSq(**common, m=cfg["m"], ef_construction=cfg["ef_construction"])
-    return lancedb.index.IvfFlat(**common)
+def _num_partitions(n: int, cfg: Mapping[str, Any]) -> int:
+    """IVF partitions for n rows: `num_partitions`, else n / `partition_rows`, at least 1 and at most n."""
+    p = cfg["num_partitions"] or round(n / cfg["partition_rows"])
+    return int(min(max(p, 1), n))
 
 
-def _query(table: Any, queries: np.ndarray, k: int, exact: bool, cfg: Mapping[str, Any],
-           columns: list[str]) -> list[pa.Table]:
-    """One arrow table per query (its k nearest rows with `_distance`, nearest first), querying in batches."""
+def _kmeans(xn: np.ndarray, n_partitions: int, cfg: Mapping[str, Any]) -> np.ndarray:
+    """(n_partitions, D) unit centroids of a spherical k-means on a seeded sample of the unit rows `xn`.
+
+    Seeded sample, seeded initial centroids (distinct sample rows), Lloyd iterations with sums in a fixed order and
+    empty partitions keeping their centroid: the same rows and seed give the same centroids, bit for bit, on one
+    machine and thread count.
+    """
+    rng = np.random.default_rng(cfg["seed"])
+    n = len(xn)
+    m = min(n, cfg["kmeans_sample"] * n_partitions)
+    sample = xn[np.sort(rng.choice(n, size=m, replace=False))] if m < n else xn
+    centroids = sample[np.sort(rng.choice(m, size=n_partitions, replace=False))].copy()
+    for _ in range(cfg["kmeans_iterations"]):
+        assign = _nearest_centroid(sample, centroids)
+        order = np.argsort(assign, kind="stable")
+        counts = np.bincount(assign, minlength=n_partitions)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        full = counts > 0
+        sums = np.add.reduceat(sample[order], starts[full], axis=0)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        ok = norms[:, 0] > 0
+        centroids[np.flatnonzero(full)[ok]] = sums[ok] / norms[ok]
+    return np.ascontiguousarray(centroids, dtype=np.float32)
+
+
+def _nearest_centroid(x: np.ndarray, centroids: np.ndarray, chunk: int = 16_384) -> np.ndarray:
+    return np.concatenate([np.argmax(x[s:s + chunk] @ centroids.T, axis=1) for s in range(0, len(x), chunk)])
+
+
+def _require_pylance() -> None:
+    try:
+        import lance  # noqa: F401  (pylance: LanceDB 0.40's own index builders cannot take centroids)
+    except ImportError as e:
+        raise RuntimeError("an IVF_FLAT RAD index needs pylance==13.0.0 (the Lance core of lancedb 0.40.0) for "
+                           "seeded centroids and its queries; it is not installed") from e
+
+
+def _create_ivf(table: Any, centroids: np.ndarray) -> None:
+    """An IVF_FLAT (cosine) index on the table's vectors with these partition centroids (a new table version)."""
+    _require_pylance()
+    table.to_lance().create_index(VECTOR, "IVF_FLAT", metric="cosine", num_partitions=len(centroids),
+                                  ivf_centroids=centroids, replace=True)
+    table.checkout_latest()
+
+
+def _nprobes_ladder(cfg: Mapping[str, Any], n_partitions: int) -> list[int]:
+    """The nprobes values a build tries, in order: the configured one, or 8, 16, 32, ... up to a quarter of the
+    partitions (a probe that scans more is no longer much cheaper than exact search), or up to 32 of few partitions."""
+    if cfg["nprobes"] is not None:
+        return [min(cfg["nprobes"], n_partitions)]
+    top = max(n_partitions // 4, min(n_partitions, 32))
+    ladder, p = [min(NPROBES_START, top)], NPROBES_START
+    while p < top:
+        p *= 2
+        ladder.append(min(p, top))
+    return ladder
+
+
+def _choose_nprobes(table: Any, ids: list[str], xn: np.ndarray, cfg: Mapping[str, Any], n_partitions: int,
+                    k: int) -> tuple[int, float]:
+    """(nprobes, its recall@k): the first of the ladder whose recall reaches `target_recall`, else the last."""
+    rng = np.random.default_rng(cfg["seed"])
+    pick = np.sort(rng.choice(len(xn), size=min(cfg["recall_queries"], len(xn)), replace=False))
+    queries = xn[pick]
+    ex_idx, ex_dist = _exact_topk(xn, queries, k + 1)
+    # each sampled row is its own nearest neighbour: compare the k nearest *other* rows
+    kth = np.array([d[i != row][:k].max() for i, d, row in zip(ex_idx, ex_dist, pick)])
+    row_of = {s: i for i, s in enumerate(ids)}
+    nprobes = recall = None
+    dataset = table.to_lance()
+    for nprobes in _nprobes_ladder(cfg, n_partitions):
+        recall = _measure_recall(dataset, queries, pick, kth, xn, row_of, ids, k, nprobes)
+        log.info("%s: nprobes %d of %d partitions: recall@%d %.4f", _where(table.name), nprobes, n_partitions, k,
+                 recall)
+        if recall >= cfg["target_recall"]:
+            break
+    return nprobes, recall
+
+
+def _measure_recall(dataset: Any, queries: np.ndarray, pick: np.ndarray, kth: np.ndarray, xn: np.ndarray,
+                    row_of: dict[str, int], ids: list[str], k: int, nprobes: int) -> float:
+    """Mean recall@k of the ANN search at `nprobes` for table rows `pick` (self excluded) against exact search.
+
+    A returned row counts as a hit when its true distance (from `xn`) is within the exact k-th distance `kth`, so ties
+    at the boundary do not count as misses.
+    """
+    ann = _ann_query(dataset, queries, k + 1, {"nprobes": nprobes}, ["sample_id"])
+    hits = []
+    for j, row in enumerate(pick):
+        own = ids[row]
+        rows = [row_of[s] for s in ann[j].column("sample_id").to_pylist() if s != own][:k]
+        d = 1.0 - xn[rows] @ queries[j] if rows else np.empty(0)
+        hits.append(np.sum(d <= kth[j] + 1e-5) / k)
+    return float(np.mean(hits))
+
+
+_EXACT_CHUNK = 1 << 25  # score-matrix elements per block (128 MiB of float32)
+
+
+def _exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row indices, cosine distances) of each unit query's k nearest unit rows, nearest first; ties: lower row first.
+
+    A BLAS matmul and an argpartition per block of queries (the exact path; what numpy brute force does)."""
+    n = len(vectors)
+    k = min(k, n)
+    idx = np.empty((len(queries), k), np.int64)
+    dist = np.empty((len(queries), k), np.float32)
+    step = max(1, _EXACT_CHUNK // max(n, 1))
+    for s in range(0, len(queries), step):
+        scores = queries[s:s + step] @ vectors.T
+        part = np.argpartition(scores, n - k, axis=1)[:, n - k:] if k < n else np.tile(np.arange(n), (len(scores), 1))
+        top = np.take_along_axis(scores, part, axis=1)
+        order = np.lexsort((part, -top), axis=1)
+        idx[s:s + step] = np.take_along_axis(part, order, axis=1)
+        dist[s:s + step] = np.clip(1.0 - np.take_along_axis(top, order, axis=1), 0.0, 2.0)
+    return idx, dist
+
+
+def _ann_query(dataset: Any, queries: np.ndarray, k: int, query: Mapping[str, Any],
+               columns: list[str]) -> list[pa.Table]:
+    """One arrow table per query (its k nearest rows by the ANN index, with `_distance`, nearest first), in batches.
+
+    Through pylance's dataset (the table's Lance dataset at the handle's version): the same Lance search as
+    LanceDB's, with half its fixed cost per call (1.6 against 3.3 ms for one query here)."""
     out: list[pa.Table] = []
     for start in range(0, len(queries), _QUERY_BATCH):
         batch = queries[start:start + _QUERY_BATCH]
-        q = table.search(list(batch), vector_column_name=VECTOR).distance_type("cosine").limit(k).select(columns)
-        if exact:
-            q = q.bypass_vector_index()
-        elif cfg.get("index_type", FLAT) != FLAT:
-            if cfg.get("nprobes") is not None:
-                q = q.nprobes(cfg["nprobes"])
-            if cfg.get("ef") is not None:
-                q = q.ef(cfg["ef"])
-            if cfg.get("refine_factor") is not None:
-                q = q.refine_factor(cfg["refine_factor"])
-        res = q.to_arrow()
+        nearest = {"column": VECTOR, "q": batch[0] if len(batch) == 1 else batch, "k": k, "metric": "cosine"}
+        # nprobes (IVF); ef / refine_factor only for versions built by older code (IVF_HNSW_SQ)
+        nearest.update({key: query[key] for key in ("nprobes", "ef", "refine_factor") if query.get(key) is not None})
+        res = dataset.to_table(columns=columns, nearest=nearest)
         qi = (res["query_index"].to_numpy() if "query_index" in res.column_names
               else np.zeros(res.num_rows, np.int64))
         dist = res["_distance"].to_numpy()
-        # group by query, nearest first; lexsort is stable, so ties keep LanceDB's order
+        # group by query, nearest first; lexsort is stable, so ties keep Lance's order
         perm = np.lexsort((dist, qi))
         res, qi = res.take(pa.array(perm)), qi[perm]
         bounds = np.searchsorted(qi, np.arange(len(batch) + 1))
@@ -405,63 +540,130 @@ def _query(table: Any, queries: np.ndarray, k: int, exact: bool, cfg: Mapping[st
     return out
 
 
-def _measure_recall(table: Any, ids: list[str], xn: np.ndarray, cfg: Mapping[str, Any], k: int,
-                    n_queries: int) -> float:
-    """Mean recall@k of the ANN search against exact search, for a seeded sample of the table's own rows.
+class Handle:
+    """An open LanceDB table checked out at one completed build (`version`), with its build record; the exact path
+    loads the table's vectors and columns into it once. Versions are immutable, so a handle never goes stale."""
 
-    Each sampled row is its own nearest neighbour, so both searches ask for k + 1 and drop the query row. A returned
-    row counts as a hit when its true distance (from `xn`, not the possibly quantised `_distance`) is within the exact
-    k-th distance, so ties at the boundary do not count as misses.
-    """
-    rng = np.random.default_rng(0)
-    pick = np.sort(rng.choice(len(xn), size=min(n_queries, len(xn)), replace=False))
-    queries = xn[pick]
-    ann = _query(table, queries, k + 1, False, cfg, ["sample_id"])
-    exact = _query(table, queries, k + 1, True, cfg, ["sample_id"])
-    row_of = {s: i for i, s in enumerate(ids)}
-    hits = []
-    for j, row in enumerate(pick):
-        own = ids[row]
-        ex_ids = [s for s in exact[j].column("sample_id").to_pylist() if s != own][:k]
-        ex_d = 1.0 - xn[[row_of[s] for s in ex_ids]] @ queries[j]
-        an_ids = [s for s in ann[j].column("sample_id").to_pylist() if s != own][:k]
-        an_d = 1.0 - xn[[row_of[s] for s in an_ids]] @ queries[j] if an_ids else np.empty(0)
-        hits.append(np.sum(an_d <= ex_d.max() + 1e-5) / k)
-    return float(np.mean(hits))
+    def __init__(self, table: Any, rec: dict[str, Any], version: int) -> None:
+        self.table, self.rec, self.version = table, rec, version
+        self._lock = threading.Lock()
+        self._loaded: tuple[np.ndarray, list[str], list[list[str]], list[str | None]] | None = None
+        self._dataset: Any = None
+
+    def dataset(self) -> Any:
+        """The Lance dataset (pylance) of this version, for ANN queries; opened once."""
+        with self._lock:
+            if self._dataset is None:
+                _require_pylance()
+                self._dataset = self.table.to_lance()
+            return self._dataset
+
+    def columns(self) -> tuple[np.ndarray, list[str], list[list[str]], list[str | None]]:
+        """(unit vectors (N, D) float32, sample ids, labels, texts) in table order, read once."""
+        with self._lock:
+            if self._loaded is None:
+                t = self.table.to_arrow()
+                vec = t[VECTOR].combine_chunks()
+                x = vec.flatten().to_numpy(zero_copy_only=False).reshape(len(vec), self.rec["dim"])
+                self._loaded = (np.ascontiguousarray(x, dtype=np.float32), t["sample_id"].to_pylist(),
+                                t["labels"].to_pylist(), t["text"].to_pylist())
+            return self._loaded
+
+
+_handles: OrderedDict[tuple[str, str, int], Handle] = OrderedDict()
+_roots: dict[tuple[str, str], Any] = {}
+_cache_lock = threading.Lock()
+
+
+def _root(uri: str, table_name: str, fresh: bool = False) -> Any:
+    """The table opened at its latest version (to read tags), cached per (database, table)."""
+    key = (uri, table_name)
+    with _cache_lock:
+        root = None if fresh else _roots.get(key)
+    if root is None:
+        import lancedb
+
+        db = lancedb.connect(uri)
+        if not _has_table(db, table_name):
+            raise LookupError(f"{_where(table_name)} not found in {uri}; run build_index first")
+        root = db.open_table(table_name)
+        with _cache_lock:
+            _roots.pop(key, None)
+            _roots[key] = root
+            while len(_roots) > 8 * HANDLE_CACHE_SIZE:
+                del _roots[next(iter(_roots))]
+    return root
+
+
+def open_handle(db_dir: Path, table_name: str, version: int | str = PUBLISHED_TAG) -> Handle:
+    """The open table at `version` (a version number or tag; default the published one), cached per (database,
+    table, version): the same object while that version is asked for, a new one when the tag moves."""
+    _check_table_name(table_name)
+    uri = os.path.abspath(db_dir)
+    if isinstance(version, str):
+        try:
+            tags = _root(uri, table_name).tags.list()
+        except LookupError:
+            raise
+        except Exception:  # the cached root went away (table dropped and made again): open it afresh
+            tags = _root(uri, table_name, fresh=True).tags.list()
+        if version not in tags:
+            raise LookupError(f"{_where(table_name)} in {db_dir} has no tag {version!r}: no build of it completed")
+        number = int(tags[version]["version"])
+    else:
+        _root(uri, table_name)  # LookupError for a missing table, as for a tag
+        number = int(version)
+    key = (uri, table_name, number)
+    with _cache_lock:
+        handle = _handles.get(key)
+        if handle is not None:
+            _handles.move_to_end(key)
+            return handle
+    import lancedb
+
+    table = lancedb.connect(uri).open_table(table_name)  # its own object: checkout must not move the root
+    table.checkout(number)
+    rec = _read_build(table)
+    if rec is None:
+        raise LookupError(f"{_where(table_name)} version {number} in {db_dir} is not a completed build")
+    handle = Handle(table, rec, number)
+    with _cache_lock:
+        handle = _handles.setdefault(key, handle)
+        _handles.move_to_end(key)
+        while len(_handles) > HANDLE_CACHE_SIZE:
+            _handles.popitem(last=False)
+    return handle
 
 
 def open_published(db_dir: Path, table_name: str, version: int | str = PUBLISHED_TAG) -> tuple[Any, dict[str, Any]]:
     """(LanceDB table checked out at `version` (a version number or tag; default the published one), build record)."""
-    import lancedb
-
-    _check_table_name(table_name)
-    db = lancedb.connect(str(db_dir))
-    if not _has_table(db, table_name):
-        raise LookupError(f"{_where(table_name)} not found in {db_dir}; run build_index first")
-    table = db.open_table(table_name)
-    if isinstance(version, str) and version not in table.tags.list():
-        raise LookupError(f"{_where(table_name)} in {db_dir} has no tag {version!r}: no build of it completed")
-    table.checkout(version)
-    rec = _read_build(table)
-    if rec is None:
-        raise LookupError(f"{_where(table_name)} version {table.version} in {db_dir} is not a completed build")
-    return table, rec
+    handle = open_handle(db_dir, table_name, version)
+    return handle.table, handle.rec
 
 
 def search(db_dir: Path, table_name: str, queries: np.ndarray, k: int, exact: bool = False, *,
            version: int | str = PUBLISHED_TAG) -> list[list[Neighbour]]:
     """The k nearest training samples of each query by cosine distance, nearest first (fewer if the table is smaller).
 
-    Reads the published version (or `version`: a table version or tag recorded in lineage). `exact=True` scans every
-    row (`bypass_vector_index`); otherwise an ANN table is searched with the query params stored at build time.
+    Reads the published version (or `version`: a table version or tag recorded in lineage) through a cached open
+    handle. Flat tables, and `exact=True`, take the exact path (a BLAS top-k over the table's vectors, loaded once per
+    handle); an ANN table is searched by its index with the nprobes chosen at build time. Pass every query at once:
+    a batch is answered in one pass.
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k: expected a positive integer, got {k!r}")
-    table, rec = open_published(db_dir, table_name, version)
+    handle = open_handle(db_dir, table_name, version)
+    rec = handle.rec
     q = _normalise(_check_vectors(queries, table_name, "queries", dim=rec["dim"]))
     if len(q) == 0:
         return []
-    results = _query(table, q, k, exact, rec["config"], ["sample_id", "labels", "text"])
+    if exact or rec["config"]["index_type"] == FLAT:
+        x, ids, labels, texts = handle.columns()
+        idx, dist = _exact_topk(x, q, k)
+        return [[Neighbour(sample_id=ids[i], labels=list(labels[i]), text=texts[i], distance=float(d))
+                 for i, d in zip(row_i, row_d)] for row_i, row_d in zip(idx.tolist(), dist.tolist())]
+    query = rec.get("query") or rec["config"]  # older builds kept their query settings in the config
+    results = _ann_query(handle.dataset(), q, k, query, ["sample_id", "labels", "text"])
     return [[Neighbour(sample_id=r["sample_id"], labels=list(r["labels"]), text=r["text"],
                        distance=float(max(r["_distance"], 0.0)))
              for r in res.to_pylist()] for res in results]
