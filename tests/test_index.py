@@ -11,7 +11,7 @@ import pytest
 
 from data_contracts.errors import DataError
 from tasks.rad.index import (DEFAULT_INDEX_PARAMS, FLAT, HANDLE_CACHE_SIZE, IndexQualityError, build_index,
-                             _nprobes_ladder, open_handle, open_published, search)
+                             nprobes_ladder, open_handle, open_published, search)
 
 
 def clustered(n: int, dim: int, n_clusters: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -245,8 +245,8 @@ def test_nprobes_is_chosen_for_the_target_recall(tmp_path):
     fixed = build_index(tmp_path, "t", x, ids, [["a"]] * 8000, None, ann_min_rows=256,
                         index_params={**auto, "nprobes": 8})
     assert fixed.index_params["nprobes"] == 8 and fixed.recall_at_k < 0.93
-    assert _nprobes_ladder(DEFAULT_INDEX_PARAMS, 977) == [8, 16, 32, 64, 128, 244]  # up to a quarter
-    assert _nprobes_ladder(DEFAULT_INDEX_PARAMS, 20) == [8, 16, 20] and _nprobes_ladder({"nprobes": 50}, 20) == [20]
+    assert nprobes_ladder(DEFAULT_INDEX_PARAMS, 977) == [8, 16, 32, 64, 128, 244]  # up to a quarter
+    assert nprobes_ladder(DEFAULT_INDEX_PARAMS, 20) == [8, 16, 20] and nprobes_ladder({"nprobes": 50}, 20) == [20]
     # the ladder stops at 32 of 125 partitions: a recall that needs more is a real loss, and fails every time
     with pytest.raises(IndexQualityError, match=r"recall@10 0\.9\d+ is below min_recall 0.999 at nprobes 32 of 125"):
         build_index(tmp_path, "t", x, ids, [["a"]] * 8000, None, ann_min_rows=256,

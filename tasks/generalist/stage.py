@@ -192,7 +192,7 @@ def specialist_sources(tables_root: Path, datasets: list[str]) -> list[SampleSou
 
 
 COLLABORATION_CODE = ("tasks.generalist.collaboration", "tasks.prompts", "tasks.rad.stage", "tasks.rad.index",
-                      "tasks.evaluation.arms", "data_contracts.instructions")
+                      "tasks.rad.ivf", "tasks.evaluation.arms", "data_contracts.instructions")
 
 
 def collaboration_key(sources: list[SampleSource], settings: CollaborationSettings, jobs: dict[str, dict[str, dict]],

@@ -49,10 +49,14 @@ def collect_warnings(log_them: bool = True) -> Iterator[list[str]]:
 def warn(message: str) -> None:
     """Warn about a dataset's raw copy (usable, but not what the paper used): logged, and collected when collecting."""
     active = _COLLECTOR.get()
-    if active is None or active[1]:
+    if active is None:
         log.warning(message)
-    if active is not None and message not in active[0]:
-        active[0].append(message)
+        return
+    if message in active[0]:   # once per collection: a loader may read its files more than once
+        return
+    active[0].append(message)
+    if active[1]:
+        log.warning(message)
 
 
 class RowError(DataError):
