@@ -26,13 +26,23 @@ class RunLogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             if TaskRunContext.get() is None and FlowRunContext.get() is None:
+                # as if it had propagated: to the root's handlers, except those the record met on its way up
+                # (a capture handler put on the `gsco` logger as well as on the root must see it once)
+                seen = {h for lg in _chain(record.name) for h in lg.handlers}
                 for h in logging.getLogger().handlers:
-                    if record.levelno >= h.level:
+                    if h not in seen and record.levelno >= h.level:
                         h.handle(record)
                 return
             get_run_logger().log(record.levelno, "%s", record.getMessage(), exc_info=record.exc_info)
         except Exception:
             self.handleError(record)
+
+
+def _chain(name: str) -> list[logging.Logger]:
+    """The loggers from `name` up to the `gsco` root logger (where propagation stops)."""
+    parts = name.split(".")
+    return [logging.getLogger(".".join(parts[:i])) for i in range(len(parts), 0, -1)
+            if ".".join(parts[:i]) == ROOT or ".".join(parts[:i]).startswith(ROOT + ".")]
 
 
 def forward_domain_logs() -> None:
