@@ -21,7 +21,6 @@ so exact search wins below ~50k rows here (IVF_FLAT's default partition count is
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -32,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data_contracts.files import write_json_atomic  # noqa: E402
 
 from tasks.rad.index import DEFAULT_INDEX_PARAMS, FLAT, build_index, search  # noqa: E402
 
@@ -104,9 +105,7 @@ def main() -> None:
               "lancedb": lancedb.__version__, "numpy": np.__version__, "machine": platform.machine(),
               "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(args.out.name + ".tmp")
-    tmp_out.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp_out, args.out)
+    write_json_atomic(args.out, record)
     print(f"wrote {args.out}")
 
 

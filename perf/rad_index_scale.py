@@ -34,6 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data_contracts.files import write_json_atomic  # noqa: E402
+
 from tasks.rad.index import build_index, search  # noqa: E402
 
 K = 10
@@ -220,9 +222,7 @@ def main() -> None:
     }
     print(json.dumps(record["checks"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(args.out.name + ".tmp")
-    tmp_out.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp_out, args.out)
+    write_json_atomic(args.out, record)
     print(f"wrote {args.out} ({record['wall_s']} s)")
 
 

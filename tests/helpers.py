@@ -21,3 +21,17 @@ def process_cmdlines() -> dict[int, str]:
             except OSError:  # ended while being read
                 pass
     return out
+
+
+def tiny_specialists(max_epochs: int) -> dict:
+    """The `specialists` profile section of the flow tests: two tiny architectures on one CPU slot, no retries."""
+    return {
+        "architectures": ["resnet18", "vit_b16"], "devices": [], "cpu_slots": 1, "concurrency_limit": None,
+        "isolation": "inprocess", "threads": 1, "retries": 0,
+        "recipe": {"img_size": 32, "batch_size": 16, "max_epochs": max_epochs, "patience": max_epochs, "lr": 0.001,
+                   "eval_batch_size": 64},
+        "arch_settings": {"resnet18": {"allow_scratch": True, "overrides": {"channels": [16, 32, 64, 128],
+                                                                            "stem_width": 16}},
+                          "vit_b16": {"allow_scratch": True,
+                                      "overrides": {"depth": 2, "embed_dim": 64, "num_heads": 2}}},
+    }

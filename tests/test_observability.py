@@ -24,6 +24,7 @@ from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunF
 
 from data_contracts.layout import RunLayout
 from tasks.tracking import Tracking, tracking_uri
+from tests.helpers import tiny_specialists
 from tests.test_finetune import tiny  # noqa: F401  (the tiny model + corpus fixture)
 
 
@@ -95,14 +96,7 @@ def test_cached_rerun_shows_cached_task_runs_and_logs_rows_and_cache_hits(tiny_c
 
 
 # --------------------------------------------------------------------------------------- queued jobs wait, not run
-SPEC_SETTINGS = {
-    "architectures": ["resnet18", "vit_b16"], "devices": [], "cpu_slots": 1, "concurrency_limit": None,
-    "isolation": "inprocess", "threads": 1, "retries": 0,
-    "recipe": {"img_size": 32, "batch_size": 16, "max_epochs": 2, "patience": 2, "lr": 0.001, "eval_batch_size": 64},
-    "arch_settings": {"resnet18": {"allow_scratch": True, "overrides": {"channels": [16, 32, 64, 128],
-                                                                        "stem_width": 16}},
-                      "vit_b16": {"allow_scratch": True, "overrides": {"depth": 2, "embed_dim": 64, "num_heads": 2}}},
-}
+SPEC_SETTINGS = tiny_specialists(max_epochs=2)
 SPEC_DATASETS = ["breastmnist", "pneumoniamnist"]
 
 

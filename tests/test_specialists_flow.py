@@ -12,16 +12,10 @@ from mlflow.tracking import MlflowClient
 
 from data_contracts.layout import RunLayout
 from tasks.tracking import tracking_uri
+from tests.helpers import tiny_specialists
 
-ARCHS = ["resnet18", "vit_b16"]
-SETTINGS = {
-    "architectures": ARCHS, "devices": [], "cpu_slots": 1, "concurrency_limit": None,
-    "isolation": "inprocess", "threads": 1, "retries": 0,
-    "recipe": {"img_size": 32, "batch_size": 16, "max_epochs": 8, "patience": 8, "lr": 0.001, "eval_batch_size": 64},
-    "arch_settings": {"resnet18": {"allow_scratch": True, "overrides": {"channels": [16, 32, 64, 128],
-                                                                        "stem_width": 16}},
-                      "vit_b16": {"allow_scratch": True, "overrides": {"depth": 2, "embed_dim": 64, "num_heads": 2}}},
-}
+SETTINGS = tiny_specialists(max_epochs=8)
+ARCHS = SETTINGS["architectures"]
 DATASETS = ["pneumoniamnist", "breastmnist"]
 
 
