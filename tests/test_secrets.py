@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from infra.profiles import ProfileError, load_profile
+from infra.team.services import free_port
 from tasks.secrets import redact, url_credentials
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,14 +59,6 @@ def test_base_url_with_a_password_is_refused_even_from_a_profile_file(tmp_path):
     assert SECRET not in str(e.value)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def served_generalist(tmp_path):
     """A real OpenAI-compatible server (`transformers serve`, 127.0.0.1) serving a tiny InternVL the project builds."""
@@ -76,7 +69,7 @@ def served_generalist(tmp_path):
 
     model = build_tiny_internvl(tmp_path / "served-model", ["a chest x-ray", "a skin lesion", "normal", "pneumonia"],
                                 load_profile("micro").generalist.tiny_model)
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([str(Path(sys.executable).with_name("transformers")), "serve", str(model), "--host",
                              "127.0.0.1", "--port", str(port), "--device", "cpu"],
